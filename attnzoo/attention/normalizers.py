@@ -1,0 +1,239 @@
+"""Normalisers: maps from scores to attention weights, and the one registry of them.
+
+A normaliser is a callable ``f(scores, dim=-1) -> weights`` with these guarantees,
+shared by every entry of the registry:
+
+* weights are non-negative and sum to one along ``dim`` over the finite scores;
+* a ``-inf`` score gets exactly zero weight;
+* a slice that is entirely ``-inf`` (a query with no key it may attend to) gets all
+  zeros and a zero gradient, never NaN;
+* float16/bfloat16 scores are normalised in float32 and returned in the input dtype.
+
+Attention modules take ``normalizer=`` as a registry name (``"softmax"``,
+``"sparsemax"``, ``"entmax15"``, ``"entmax"`` with ``alpha``, ``"hardmax"``,
+``"gumbel"``) or as such a callable. Adding a normaliser is one
+:func:`register_normalizer` entry, not an edit in every module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from .entmax import entmax15, entmax_bisect, sparsemax
+from .validation import check_bool_mask, check_broadcastable_to, check_positive
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class Normalizer(Protocol):
+    """``(scores, dim=-1) -> weights`` of the same shape and dtype as ``scores``."""
+
+    def __call__(self, scores: Tensor, dim: int = -1) -> Tensor: ...
+
+
+NormalizerFactory = Callable[..., Normalizer]
+_REGISTRY: dict[str, NormalizerFactory] = {}
+
+
+def register_normalizer(name: str) -> Callable[[NormalizerFactory], NormalizerFactory]:
+    """Register ``factory(**options) -> Normalizer`` under ``name``.
+
+    >>> @register_normalizer("my_softmax")
+    ... def _my_softmax(temperature: float = 1.0) -> Normalizer:
+    ...     return lambda x, dim=-1: softmax(x / temperature, dim=dim)
+    """
+
+    def decorate(factory: NormalizerFactory) -> NormalizerFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"`name`: a normaliser named {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_normalizers() -> list[str]:
+    """Names accepted by :func:`get_normalizer`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_normalizer(normalizer: str | Normalizer, **options: object) -> Normalizer:
+    """Look up a normaliser by name (options go to its factory) or pass a callable through.
+
+    Args:
+        normalizer: a registry name, e.g. ``"entmax"``, or a callable ``f(scores, dim)``.
+        **options: the factory's options, e.g. ``alpha=1.3`` for ``"entmax"``,
+            ``tau=0.5, hard=True`` for ``"gumbel"``.
+    """
+    if callable(normalizer):
+        if options:
+            raise ValueError(
+                f"options {sorted(options)} only apply to a normaliser given by name, "
+                "not to a callable `normalizer`"
+            )
+        return normalizer
+    if not isinstance(normalizer, str):
+        raise TypeError(
+            f"`normalizer` must be a name or a callable, got {type(normalizer).__name__}"
+        )
+    if normalizer not in _REGISTRY:
+        raise ValueError(
+            f"`normalizer` must be one of {available_normalizers()}, got {normalizer!r}"
+        )
+    return _REGISTRY[normalizer](**options)
+
+
+def masked_normalize(
+    scores: Tensor,
+    mask: Tensor | None = None,
+    normalizer: str | Normalizer = "softmax",
+    dim: int = -1,
+    **options: object,
+) -> Tensor:
+    """Normalise ``scores`` along ``dim`` where ``mask`` is True; zero weight elsewhere.
+
+    Args:
+        scores: ``(..., n_q, n_k)`` (any shape; ``dim`` picks the normalised axis).
+        mask: boolean, True = may attend; broadcasts to ``scores`` without growing it.
+        normalizer: registry name or callable.
+        **options: options of the named normaliser (``alpha=`` for ``"entmax"``).
+
+    Returns:
+        weights of the shape and dtype of ``scores``; a slice with no allowed entry is 0.
+    """
+    if mask is not None:
+        check_bool_mask(mask)
+        check_broadcastable_to(mask, scores.shape, "mask", "scores of shape")
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return get_normalizer(normalizer, **options)(scores, dim=dim)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32, so that exponentials and sums keep their precision."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def _all_masked(x: Tensor, dim: int) -> Tensor:
+    """True where the whole slice along ``dim`` is ``-inf`` (keepdim)."""
+    return torch.isneginf(x).all(dim=dim, keepdim=True)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax with the library's guarantees: an all ``-inf`` slice gives zeros, not NaN.
+
+    Args:
+        x: scores of any shape; ``dim`` is normalised.
+    Returns:
+        weights, same shape and dtype as ``x``.
+    """
+    z = _upcast(x)
+    empty = _all_masked(z, dim)
+    # A row of -inf would give 0/0; give it finite scores, then zero its output, so
+    # that neither the value nor the gradient carries NaN.
+    p = torch.softmax(z.masked_fill(empty, 0.0), dim=dim).masked_fill(empty, 0.0)
+    return p.to(x.dtype)
+
+
+def hardmax(x: Tensor, dim: int = -1, straight_through: bool = False) -> Tensor:
+    """One-hot of the argmax along ``dim`` (ties go to the first index).
+
+    With ``straight_through=True`` the forward value is the one-hot and the gradient is
+    softmax's (the straight-through estimator); otherwise the output has no gradient.
+    An all ``-inf`` slice gives zeros.
+
+    Args:
+        x: scores of any shape.
+    Returns:
+        one-hot weights, same shape and dtype as ``x``.
+    """
+    z = _upcast(x)
+    empty = _all_masked(z, dim)
+    index = z.argmax(dim=dim, keepdim=True)
+    hard = torch.zeros_like(z).scatter_(dim, index, 1.0).masked_fill(empty, 0.0)
+    if straight_through:
+        soft = softmax(z, dim=dim)
+        hard = hard - soft.detach() + soft
+    return hard.to(x.dtype)
+
+
+def gumbel_softmax(
+    x: Tensor,
+    dim: int = -1,
+    tau: float = 1.0,
+    hard: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Gumbel-softmax sample (Jang et al. 2017; Maddison et al. 2017).
+
+    ``softmax((x + g) / tau)`` with ``g`` standard Gumbel noise; ``hard=True`` returns
+    the one-hot of that sample with the soft sample's gradient (straight-through).
+    ``-inf`` scores are never sampled; an all ``-inf`` slice gives zeros.
+
+    Args:
+        x: unnormalised log-probabilities of any shape.
+        tau: temperature > 0; lower is closer to one-hot.
+        generator: optional ``torch.Generator`` for reproducible noise.
+    Returns:
+        weights, same shape and dtype as ``x``.
+    """
+    check_positive(tau, "tau")
+    z = _upcast(x)
+    uniform = torch.rand(z.shape, dtype=z.dtype, device=z.device, generator=generator)
+    # -log(-log(u)) with u kept off 0 and 1 so the noise is finite.
+    tiny = torch.finfo(z.dtype).tiny
+    gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+    y = softmax((z + gumbel) / tau, dim=dim)
+    if hard:
+        y = hardmax(y.masked_fill(_all_masked(z, dim), float("-inf")), dim=dim) - y.detach() + y
+    return y.to(x.dtype)
+
+
+@register_normalizer("softmax")
+def _softmax_factory() -> Normalizer:
+    return softmax
+
+
+@register_normalizer("sparsemax")
+def _sparsemax_factory() -> Normalizer:
+    return sparsemax
+
+
+@register_normalizer("entmax15")
+def _entmax15_factory() -> Normalizer:
+    return entmax15
+
+
+@register_normalizer("entmax")
+def _entmax_factory(alpha: float | Tensor = 1.5, n_iter: int = 50) -> Normalizer:
+    return functools.partial(entmax_bisect, alpha=alpha, n_iter=n_iter)
+
+
+@register_normalizer("hardmax")
+def _hardmax_factory(straight_through: bool = False) -> Normalizer:
+    return functools.partial(hardmax, straight_through=straight_through)
+
+
+@register_normalizer("gumbel")
+def _gumbel_factory(
+    tau: float = 1.0, hard: bool = False, generator: torch.Generator | None = None
+) -> Normalizer:
+    check_positive(tau, "tau")
+    return functools.partial(gumbel_softmax, tau=tau, hard=hard, generator=generator)
+
+
+__all__ = [
+    "Normalizer",
+    "available_normalizers",
+    "get_normalizer",
+    "gumbel_softmax",
+    "hardmax",
+    "masked_normalize",
+    "register_normalizer",
+    "softmax",
+]
+

@@ -1,0 +1,95 @@
+"""Argument checks shared by every kernel.
+
+Each check raises ``TypeError`` or ``ValueError`` whose message names the argument,
+what was expected and what came, so that bad input fails at the library's boundary
+rather than deep inside PyTorch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(x: object, name: str) -> Tensor:
+    """Return ``x`` if it is a tensor, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_min_rank(x: Tensor, min_rank: int, name: str, layout: str) -> None:
+    """Raise ``ValueError`` unless ``x.dim() >= min_rank``; ``layout`` reads like ``(..., n, d)``."""
+    check_tensor(x, name)
+    if x.dim() < min_rank:
+        raise ValueError(
+            f"`{name}` must have at least {min_rank} dimensions {layout}, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def check_rank(x: Tensor, rank: int, name: str, layout: str) -> None:
+    """Raise ``ValueError`` unless ``x.dim() == rank``; ``layout`` reads like ``(batch, seq, dim)``."""
+    check_tensor(x, name)
+    if x.dim() != rank:
+        raise ValueError(
+            f"`{name}` must have {rank} dimensions {layout}, got shape {tuple(x.shape)}"
+        )
+
+
+def check_size(x: Tensor, dim: int, expected: int, name: str, what: str) -> None:
+    """Raise ``ValueError`` unless ``x.shape[dim] == expected``; ``what`` names that axis."""
+    if x.shape[dim] != expected:
+        raise ValueError(
+            f"`{name}` must have {what} = {expected} (axis {dim}), got {x.shape[dim]} "
+            f"in shape {tuple(x.shape)}"
+        )
+
+
+def check_bool_mask(mask: object, name: str = "mask") -> Tensor:
+    """Return ``mask`` if it is a boolean tensor (``True`` = may attend), else raise.
+
+    A float or integer mask is a ``TypeError``: additive ``-inf`` masks and 0/1 masks
+    mean opposite things in different libraries, so the library never guesses.
+    """
+    check_tensor(mask, name)
+    assert isinstance(mask, Tensor)
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"`{name}` must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
+            f"convert a 0/1 mask with `{name}.bool()`"
+        )
+    return mask
+
+
+def check_broadcastable_to(x: Tensor, shape: Sequence[int], name: str, target: str) -> None:
+    """Raise ``ValueError`` unless ``x`` broadcasts to ``shape`` without growing it."""
+    shape = tuple(shape)
+    try:
+        out = torch.broadcast_shapes(tuple(x.shape), shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(
+            f"`{name}` of shape {tuple(x.shape)} does not broadcast to {target} {shape}"
+        )
+
+
+def check_positive(value: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``value > 0``."""
+    if not value > 0:
+        raise ValueError(f"`{name}` must be > 0, got {value}")
+
+
+def check_non_negative(value: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``value >= 0``."""
+    if not value >= 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value}")
+
+
+def check_probability(value: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1`` (dropout rates and the like)."""
+    if not 0 <= value < 1:
+        raise ValueError(f"`{name}` must be in [0, 1), got {value}")
