@@ -1,5 +1,6 @@
 """Attention kernels: normalisers, score functions, attention modules, memories, pooling."""
 
+from .entmax import entmax15, entmax_bisect, sparsemax
 from .normalizers import (
     Normalizer,
     available_normalizers,
@@ -10,7 +11,6 @@ from .normalizers import (
     register_normalizer,
     softmax,
 )
-from .entmax import entmax15, entmax_bisect, sparsemax
 
 __all__ = [
     "Normalizer",

@@ -21,7 +21,7 @@ def check_tensor(x: object, name: str) -> Tensor:
 
 
 def check_min_rank(x: Tensor, min_rank: int, name: str, layout: str) -> None:
-    """Raise ``ValueError`` unless ``x.dim() >= min_rank``; ``layout`` reads like ``(..., n, d)``."""
+    """Raise ``ValueError`` unless ``x.dim() >= min_rank``; ``layout`` is e.g. ``(..., n, d)``."""
     check_tensor(x, name)
     if x.dim() < min_rank:
         raise ValueError(
@@ -31,7 +31,7 @@ def check_min_rank(x: Tensor, min_rank: int, name: str, layout: str) -> None:
 
 
 def check_rank(x: Tensor, rank: int, name: str, layout: str) -> None:
-    """Raise ``ValueError`` unless ``x.dim() == rank``; ``layout`` reads like ``(batch, seq, dim)``."""
+    """Raise ``ValueError`` unless ``x.dim() == rank``; ``layout`` is e.g. ``(batch, seq, dim)``."""
     check_tensor(x, name)
     if x.dim() != rank:
         raise ValueError(
