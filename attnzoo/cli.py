@@ -1,0 +1,105 @@
+"""The ``attnzoo`` command: library facts, demos and visualisation.
+
+    attnzoo info                          versions, devices, registered normalisers
+    attnzoo normalize 2 1 0.5 -1          each normaliser's weights for these scores
+    attnzoo plot-normalizers -o out.png   the entmax family against softmax (needs matplotlib)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from . import __version__
+from .attention import available_normalizers, get_normalizer
+
+# Normalisers compared by the demos: (label, registry name, options).
+DEMO_NORMALIZERS: list[tuple[str, str, dict[str, float]]] = [
+    ("softmax", "softmax", {}),
+    ("entmax a=1.25", "entmax", {"alpha": 1.25}),
+    ("entmax15", "entmax15", {}),
+    ("sparsemax", "sparsemax", {}),
+    ("hardmax", "hardmax", {}),
+]
+
+
+def _info(_: argparse.Namespace) -> int:
+    print(f"attnzoo {__version__}")
+    print(f"python {platform.python_version()} on {platform.platform()}")
+    print(f"torch {torch.__version__}")
+    if torch.cuda.is_available():
+        print(f"cuda {torch.version.cuda}: {torch.cuda.get_device_name()}")
+    else:
+        print("cuda: not available")
+    print("normalizers: " + ", ".join(available_normalizers()))
+    return 0
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    scores = torch.tensor(args.scores, dtype=torch.float64)
+    width = max(len(label) for label, _, _ in DEMO_NORMALIZERS)
+    print(f"{'scores':<{width}}  " + "  ".join(f"{s:7.3f}" for s in scores.tolist()))
+    for label, name, options in DEMO_NORMALIZERS:
+        weights = get_normalizer(name, **options)(scores, dim=-1)
+        print(f"{label:<{width}}  " + "  ".join(f"{w:7.3f}" for w in weights.tolist()))
+    return 0
+
+
+def _plot_normalizers(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot-normalizers needs matplotlib: pip install 'attnzoo[viz]'", file=sys.stderr)
+        return 1
+    # The first weight of the two-score input [t, 0] as t varies: softmax never reaches
+    # 0 or 1, the sparse maps reach them at finite t (Peters et al. 2019, figure 1).
+    t = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    scores = torch.stack([t, torch.zeros_like(t)], dim=-1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, name, options in DEMO_NORMALIZERS:
+        weights = get_normalizer(name, **options)(scores, dim=-1)
+        ax.plot(t.numpy(), weights[:, 0].numpy(), label=label)
+    ax.set_xlabel("t")
+    ax.set_ylabel("weight of the first score in [t, 0]")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=120)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``attnzoo`` command."""
+    parser = argparse.ArgumentParser(prog="attnzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"attnzoo {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("info", help="versions, devices and registered normalisers").set_defaults(
+        run=_info
+    )
+
+    normalize = commands.add_parser("normalize", help="each normaliser's weights for scores")
+    normalize.add_argument("scores", type=float, nargs="+", help="the scores to normalise")
+    normalize.set_defaults(run=_normalize)
+
+    plot = commands.add_parser("plot-normalizers", help="plot the normalisers as a PNG")
+    plot.add_argument("-o", "--output", default="normalizers.png", help="PNG file to write")
+    plot.set_defaults(run=_plot_normalizers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``attnzoo`` console command."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
