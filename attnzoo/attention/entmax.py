@@ -1,52 +1,554 @@
-"""Sparse normalisers: sparsemax, 1.5-entmax and alpha-entmax (bisection).
+"""Sparse normalisers: sparsemax, 1.5-entmax and alpha-entmax, with a learnable alpha.
 
-Provisional forward passes through autograd; to be replaced by custom autograd
-Functions with closed-form backward passes.
+alpha-entmax (Peters et al. 2019, "Sparse Sequence-to-Sequence Models") maps scores
+``x`` to ``p = [(alpha - 1) x - tau]_+ ** (1 / (alpha - 1))`` with the threshold ``tau``
+chosen so that ``p`` sums to one. ``alpha = 2`` is sparsemax (Martins & Astudillo 2016),
+``alpha -> 1`` recovers softmax. Unlike softmax, scores far enough below the maximum get
+exactly zero weight.
+
+* :func:`sparsemax` and :func:`entmax15` find ``tau`` exactly by sorting.
+* :func:`entmax_bisect` finds ``tau`` by bisection for any ``alpha > 1``, a float or a
+  tensor (e.g. one per head), and is differentiable in ``alpha`` too (Correia et al.
+  2019, "Adaptively Sparse Transformers").
+* :class:`EntmaxAlpha` holds one learnable ``alpha`` per head that stays in
+  ``[MIN_ALPHA, 2]`` whatever the optimiser does.
+
+Every function has the library's normaliser guarantees: ``-inf`` scores get exactly
+zero weight, a slice that is entirely ``-inf`` gets zeros and a zero gradient (the
+``entmax`` package returns NaN or fails there, entmax issue #19), and float16/bfloat16
+scores are computed in float32 and returned in their own dtype, finite for logits
+anywhere in ``±1e4`` (entmax issue #30). The backward passes are closed-form custom
+autograd Functions; they are differentiable once (no double backward).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from .validation import check_tensor
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+MIN_ALPHA = 1.01
+"""Smallest alpha :class:`EntmaxAlpha` can produce.
+
+At ``alpha = 1`` the entmax map divides by ``alpha - 1 = 0``; just above it the
+exponent ``1 / (alpha - 1)`` explodes and the alpha gradient, which carries
+``1 / (alpha - 1) ** 2``, becomes ill-conditioned. Keeping ``alpha >= 1.01`` (the bound
+Correia et al. 2019 clamp to) costs nothing in expressiveness: 1.01-entmax is already
+all but dense, like softmax.
+"""
+
+# After shifting the row maximum to 0 (and scaling by alpha - 1), every threshold
+# satisfies tau >= -1, because the largest weight (0 - tau) ** (1 / (alpha - 1)) is at
+# most 1. A score at or below -1 therefore gets weight 0, and raising it to _FLOOR < -1
+# changes nothing in the result while removing -inf (no -inf - -inf = NaN in the sorted
+# cumulative sums) and huge magnitudes (no cancellation in entmax15's variance).
+_FLOOR = -2.0
+
+
+# ----------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------
+
+
+def _check_scores(x: object, dim: object) -> int:
+    """Validate ``x`` (a floating tensor) and ``dim``; return ``dim`` as a non-negative axis."""
+    check_tensor(x, "x")
+    assert isinstance(x, Tensor)
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a floating-point tensor, got dtype {x.dtype}")
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"`dim` must be an int, got {type(dim).__name__}")
+    if x.dim() == 0:
+        raise ValueError("`x` must have at least one dimension, got a 0-d tensor")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(
+            f"`dim` must be in [{-x.dim()}, {x.dim() - 1}] for `x` of shape "
+            f"{tuple(x.shape)}, got {dim}"
+        )
+    return dim % x.dim()
+
+
+def check_n_iter(n_iter: object) -> int:
+    """Return ``n_iter`` if it is a positive int, else raise naming ``n_iter``."""
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int):
+        raise TypeError(f"`n_iter` must be a positive int, got {type(n_iter).__name__}")
+    if n_iter < 1:
+        raise ValueError(f"`n_iter` must be a positive int, got {n_iter}")
+    return n_iter
+
+
+def check_alpha(alpha: object) -> None:
+    """Raise unless ``alpha`` is a finite float > 1 or a floating tensor with all values > 1.
+
+    The values of a tensor ``alpha`` are checked when it lives on the CPU. On an
+    accelerator they are not read back: that would cost a device synchronisation at every
+    forward pass of every layer. Keep a learned alpha in range with :class:`EntmaxAlpha`.
+    """
+    if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            raise TypeError(f"`alpha` must be a floating-point tensor, got dtype {alpha.dtype}")
+        values = alpha.detach()
+        if values.device.type != "cpu":
+            return
+        if values.numel() and not bool(((values > 1) & torch.isfinite(values)).all()):
+            raise ValueError(
+                f"`alpha` must be > 1 and finite everywhere, got min {values.min().item()}, "
+                f"max {values.max().item()}"
+            )
+        return
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"`alpha` must be a float or a tensor, got {type(alpha).__name__}")
+    if not (alpha > 1 and math.isfinite(alpha)):
+        raise ValueError(f"`alpha` must be a finite number > 1, got {alpha}")
+
+
+def _row_shape(x: Tensor, dim: int) -> tuple[int, ...]:
+    """``x.shape`` with 1 at ``dim``: the shape of one value per normalised slice."""
+    return (*x.shape[:dim], 1, *x.shape[dim + 1 :])
+
+
+def _alpha_rows(alpha: Tensor, x: Tensor, dim: int) -> Tensor:
+    """Broadcast a tensor ``alpha`` to one value per slice: ``x.shape`` with 1 at ``dim``.
+
+    Raises ``ValueError`` when ``alpha`` does not broadcast to ``x`` or varies along
+    ``dim`` (one alpha per normalised slice, not per entry).
+    """
+    shape = tuple(x.shape)
+    row_shape = _row_shape(x, dim)
+    try:
+        fits = torch.broadcast_shapes(tuple(alpha.shape), row_shape) == row_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"`alpha` of shape {tuple(alpha.shape)} must broadcast to `x` of shape {shape} "
+            f"with size 1 along dim {dim} (one alpha per normalised slice), e.g. {row_shape}"
+        )
+    return alpha.expand(row_shape)
+
+
+# ----------------------------------------------------------------------------------
+# shared pieces (all along the last axis)
+# ----------------------------------------------------------------------------------
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32 (differentiable): thresholds need the precision."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def _shift(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Shift each row so its maximum is 0; rows that are entirely ``-inf`` become 0.
+
+    Args:
+        x: ``(..., n)`` scores.
+    Returns:
+        ``(z, empty)``: ``z`` of shape ``(..., n)`` with max 0 per non-empty row, ``-inf``
+        kept where ``x`` was ``-inf``; ``empty`` of shape ``(..., 1)``, True for all-``-inf``
+        rows.
+    """
+    empty = torch.isneginf(x).all(dim=-1, keepdim=True)
+    top = x.max(dim=-1, keepdim=True).values
+    # An empty row's max is -inf; x - max would be -inf - -inf = NaN.
+    top = top.masked_fill(empty, 0.0)
+    return x - top, empty
+
+
+def _row_denominator(total: Tensor) -> Tensor:
+    """``total`` with zeros (empty rows, whose numerators are 0 too) replaced by 1."""
+    return torch.where(total > 0, total, torch.ones_like(total))
+
+
+# ----------------------------------------------------------------------------------
+# sparsemax
+# ----------------------------------------------------------------------------------
+
+
+def _sparsemax_threshold(z: Tensor) -> Tensor:
+    """Exact sparsemax threshold by sorting (Martins & Astudillo 2016, Algorithm 1).
+
+    Args:
+        z: ``(..., n)`` finite scores with row maximum 0.
+    Returns:
+        ``tau`` of shape ``(..., 1)`` with ``sum(clamp(z - tau, 0)) == 1`` per row.
+    """
+    srt = z.sort(dim=-1, descending=True).values
+    rank = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
+    csum = srt.cumsum(dim=-1) - 1
+    # Sorted entry k (1-based) is in the support iff 1 + k z_(k) > sum_{j<=k} z_(j); the
+    # condition holds for a prefix of ranks, so the support size is its largest rank.
+    support = (rank * srt > csum).to(z.dtype).mul(rank).amax(dim=-1, keepdim=True)
+    index = support.long() - 1
+    return csum.gather(-1, index) / support
+
+
+class SparsemaxFunction(torch.autograd.Function):
+    """sparsemax along the last axis; backward: ``g - mean(g over support)`` on the support."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+        z, empty = _shift(x)
+        z = z.clamp(min=_FLOOR)
+        p = (z - _sparsemax_threshold(z)).clamp(min=0).masked_fill(empty, 0.0)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        (p,) = ctx.saved_tensors
+        support = p > 0
+        grad = grad.masked_fill(~support, 0.0)
+        size = support.sum(dim=-1, keepdim=True).to(grad.dtype)
+        mean = grad.sum(dim=-1, keepdim=True) / _row_denominator(size)
+        return torch.where(support, grad - mean, grad)
+
+
+# ----------------------------------------------------------------------------------
+# 1.5-entmax
+# ----------------------------------------------------------------------------------
+
+
+def _entmax15_threshold(z: Tensor) -> Tensor:
+    """Exact 1.5-entmax threshold by sorting (Peters et al. 2019, Algorithm 2).
+
+    Solves ``sum(clamp(z - tau, 0) ** 2) == 1``: on a support of the top ``k`` sorted
+    entries this is a quadratic in ``tau`` with root ``mean_k - sqrt((1 - ss_k) / k)``,
+    ``ss_k`` the sum of squared deviations from ``mean_k``; the support is the largest
+    ``k`` whose root lies below the ``k``-th largest entry.
+
+    Args:
+        z: ``(..., n)`` scores in ``[_FLOOR, 0]`` with row maximum 0.
+    Returns:
+        ``tau`` of shape ``(..., 1)``.
+    """
+    srt = z.sort(dim=-1, descending=True).values
+    rank = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
+    mean = srt.cumsum(dim=-1) / rank
+    mean_sq = (srt * srt).cumsum(dim=-1) / rank
+    ss = rank * (mean_sq - mean * mean)
+    # delta < 0 means no root on that support (too spread out); clamping to 0 gives a
+    # tau = mean_k > z_(k), which the support test below rejects.
+    delta = ((1 - ss) / rank).clamp(min=0)
+    tau = mean - delta.sqrt()
+    support = (tau <= srt).to(z.dtype).mul(rank).amax(dim=-1, keepdim=True)
+    return tau.gather(-1, support.long() - 1)
+
+
+class Entmax15Function(torch.autograd.Function):
+    """1.5-entmax along the last axis; backward with ``1 / g''(p) = sqrt(p)``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+        z, empty = _shift(x)
+        # 1.5-entmax is p = [z / 2 - tau]_+ ** 2 (alpha - 1 = 1/2 scales the scores).
+        z = (z / 2).clamp(min=_FLOOR)
+        p = (z - _entmax15_threshold(z)).clamp(min=0).square().masked_fill(empty, 0.0)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+        (p,) = ctx.saved_tensors
+        gppr = p.sqrt()
+        return _entmax_input_grad(grad, gppr)
+
+
+def _entmax_input_grad(grad: Tensor, gppr: Tensor) -> Tensor:
+    """Vector-Jacobian product of alpha-entmax in its input.
+
+    ``J = diag(s) - s s^T / sum(s)`` with ``s = 1 / g''(p) = p ** (2 - alpha)`` on the
+    support and 0 off it (Peters et al. 2019, Proposition 1).
+
+    Args:
+        grad: ``(..., n)`` gradient w.r.t. the output.
+        gppr: ``(..., n)`` the vector ``s``.
+    Returns:
+        ``(..., n)`` gradient w.r.t. the scores.
+    """
+    weighted = grad * gppr
+    q = weighted.sum(dim=-1, keepdim=True) / _row_denominator(gppr.sum(dim=-1, keepdim=True))
+    return weighted - q * gppr
+
+
+# ----------------------------------------------------------------------------------
+# alpha-entmax by bisection
+# ----------------------------------------------------------------------------------
+
+
+def _entmax_power(u: Tensor, alpha: Tensor) -> Tensor:
+    """``clamp(u, 0) ** (1 / (alpha - 1))``, the entmax weights at offset ``u = z - tau``."""
+    return u.clamp(min=0) ** (1 / (alpha - 1))
+
+
+def _bisect_threshold(z: Tensor, alpha: Tensor, n_iter: int) -> Tensor:
+    """Threshold of alpha-entmax by bisection.
+
+    ``f(tau) = sum(p(tau)) - 1`` decreases in ``tau``; ``f(-1) >= 0`` (the top entry
+    alone weighs 1) and ``f(-(1/n) ** (alpha - 1)) <= 0`` (every entry weighs at most
+    ``1/n``), so halving that bracket ``n_iter`` times pins ``tau`` to
+    ``2 ** -n_iter``; 50 halvings reach float64 resolution.
+
+    Args:
+        z: ``(..., n)`` scores times ``alpha - 1``, row max 0, floored at ``_FLOOR``.
+        alpha: ``(..., 1)``.
+    Returns:
+        ``(..., 1)`` the lower end of the final bracket, where ``sum(p) >= 1``.
+    """
+    lo = torch.full_like(alpha, -1.0)
+    width = -((1.0 / z.shape[-1]) ** (alpha - 1)) - lo
+    for _ in range(n_iter):
+        width = width / 2
+        mid = lo + width
+        big = _entmax_power(z - mid, alpha).sum(dim=-1, keepdim=True) >= 1
+        lo = torch.where(big, mid, lo)
+    return lo
+
+
+class EntmaxBisectFunction(torch.autograd.Function):
+    """alpha-entmax along the last axis by bisection, differentiable in ``x`` and ``alpha``."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, alpha: Tensor, n_iter: int) -> Tensor:
+        z, empty = _shift(x)
+        z = (z * (alpha - 1)).clamp(min=_FLOOR)
+        p = _entmax_power(z - _bisect_threshold(z, alpha, n_iter), alpha)
+        # The bracket's lower end has sum(p) >= 1 > 0; dividing makes the sum exactly 1
+        # up to rounding, as the entmax package's ensure_sum_one does.
+        p = (p / _row_denominator(p.sum(dim=-1, keepdim=True))).masked_fill(empty, 0.0)
+        ctx.save_for_backward(p, alpha)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
+        p, alpha = ctx.saved_tensors
+        support = p > 0
+        tiny = torch.finfo(p.dtype).tiny
+        # Clamp before the power and the log so the masked-out branch is finite too.
+        safe = p.clamp(min=tiny)
+        gppr = torch.where(support, safe ** (2 - alpha), torch.zeros_like(p))
+        grad_x = _entmax_input_grad(grad, gppr)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            plogp = torch.where(support, p * safe.log(), torch.zeros_like(p))
+            grad_alpha = _alpha_grad(grad, p, gppr, plogp, alpha)
+        return grad_x, grad_alpha, None
+
+
+def _alpha_grad(grad: Tensor, p: Tensor, gppr: Tensor, plogp: Tensor, alpha: Tensor) -> Tensor:
+    """Vector-Jacobian product of alpha-entmax in ``alpha`` (Correia et al. 2019, Prop. 1).
+
+    ``dp/dalpha = (p - s~) / (alpha - 1) ** 2 - (p log p - s~ H) / (alpha - 1)`` with
+    ``s~ = s / sum(s)``, ``s = p ** (2 - alpha)`` on the support and
+    ``H = sum(p log p)``.
+
+    Args:
+        grad, p, gppr, plogp: ``(..., n)``.
+        alpha: ``(..., 1)``.
+    Returns:
+        ``(..., 1)`` gradient w.r.t. each slice's alpha.
+    """
+    skewed = gppr / _row_denominator(gppr.sum(dim=-1, keepdim=True))
+    neg_entropy = plogp.sum(dim=-1, keepdim=True)
+    am1 = alpha - 1
+    dp = (p - skewed) / am1**2 - (plogp - skewed * neg_entropy) / am1
+    return (grad * dp).sum(dim=-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------
+# functional forms
+# ----------------------------------------------------------------------------------
+
+
+def _along(fn, x: Tensor, dim: int, *args: object) -> Tensor:
+    """Apply a last-axis Function ``fn`` along ``dim`` of ``x``, in float32 for half types."""
+    if x.numel() == 0:
+        return x.clone()
+    z = _upcast(x).movedim(dim, -1)
+    return fn.apply(z, *args).movedim(-1, dim).to(x.dtype)
 
 
 def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
-    """Euclidean projection of ``x`` onto the simplex along ``dim`` (Martins & Astudillo 2016)."""
-    z = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    z = z.transpose(dim, -1)
-    empty = torch.isneginf(z).all(-1, keepdim=True)
-    z = z.masked_fill(empty, 0.0)
-    z = z - z.max(-1, keepdim=True).values
-    srt = z.sort(-1, descending=True).values
-    k = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=z.device)
-    csum = srt.cumsum(-1) - 1
-    support = (k * srt > csum).sum(-1, keepdim=True)
-    tau = csum.gather(-1, support - 1) / support.to(z.dtype)
-    p = (z - tau).clamp(min=0).masked_fill(empty, 0.0)
-    return p.transpose(dim, -1).to(x.dtype)
+    """sparsemax: Euclidean projection of ``x`` onto the simplex along ``dim``.
+
+    ``argmin_p ||p - x||^2`` s.t. ``p >= 0, sum(p) = 1`` (Martins & Astudillo 2016), solved
+    exactly by sorting; 2-entmax.
+
+    Args:
+        x: scores of any shape ``(..., n, ...)``; ``-inf`` marks masked entries.
+        dim: the axis to normalise.
+    Returns:
+        weights of the shape and dtype of ``x``; an all ``-inf`` slice gives zeros.
+    """
+    dim = _check_scores(x, dim)
+    return _along(SparsemaxFunction, x, dim)
 
 
 def entmax15(x: Tensor, dim: int = -1) -> Tensor:
-    """1.5-entmax along ``dim`` (Peters et al. 2019)."""
-    return entmax_bisect(x, 1.5, dim=dim)
+    """1.5-entmax along ``dim``, exact by sorting (Peters et al. 2019).
+
+    ``p = [x / 2 - tau]_+ ** 2`` with ``tau`` such that ``sum(p) = 1``: sparse like
+    sparsemax but smoother.
+
+    Args:
+        x: scores of any shape ``(..., n, ...)``; ``-inf`` marks masked entries.
+        dim: the axis to normalise.
+    Returns:
+        weights of the shape and dtype of ``x``; an all ``-inf`` slice gives zeros.
+    """
+    dim = _check_scores(x, dim)
+    return _along(Entmax15Function, x, dim)
 
 
-def entmax_bisect(x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = 50) -> Tensor:
-    """alpha-entmax along ``dim`` by bisection on the threshold."""
-    z = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    empty = torch.isneginf(z).all(dim, keepdim=True)
-    z = z.masked_fill(empty, 0.0)
-    a = torch.as_tensor(alpha, dtype=z.dtype, device=z.device)
-    z = z * (a - 1)
-    mx = z.max(dim, keepdim=True).values
-    lo = mx - 1
-    hi = mx - (1.0 / z.shape[dim]) ** (a - 1)
-    for _ in range(n_iter):
-        mid = (lo + hi) / 2
-        p = (z - mid).clamp(min=0) ** (1 / (a - 1))
-        big = p.sum(dim, keepdim=True) >= 1
-        lo = torch.where(big, mid, lo)
-        hi = torch.where(big, hi, mid)
-    p = (z - lo).clamp(min=0) ** (1 / (a - 1))
-    p = p / p.sum(dim, keepdim=True)
-    return p.masked_fill(empty, 0.0).to(x.dtype)
+def entmax_bisect(
+    x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = 50
+) -> Tensor:
+    """alpha-entmax along ``dim`` by bisection on the threshold (Peters et al. 2019).
+
+    ``p = [(alpha - 1) x - tau]_+ ** (1 / (alpha - 1))`` with ``tau`` such that
+    ``sum(p) = 1``; the output is renormalised after bisection so it sums to one.
+    Differentiable in ``x`` and, when it is a tensor that requires grad, in ``alpha``
+    (Correia et al. 2019).
+
+    Args:
+        x: scores of any shape, e.g. ``(batch, heads, n_q, n_k)``; ``-inf`` marks masked
+            entries.
+        alpha: > 1; a float, or a tensor broadcastable to ``x`` with size 1 along ``dim``
+            (one alpha per slice), e.g. ``(1, heads, 1, 1)`` for one alpha per head.
+            ``2`` is sparsemax; values near 1 approach softmax.
+        dim: the axis to normalise.
+        n_iter: bisection steps (positive); the threshold is found to ``2 ** -n_iter``.
+    Returns:
+        weights of the shape and dtype of ``x``; an all ``-inf`` slice gives zeros.
+    """
+    dim = _check_scores(x, dim)
+    check_alpha(alpha)
+    check_n_iter(n_iter)
+    compute = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
+    if isinstance(alpha, Tensor):
+        alpha_t = _alpha_rows(alpha, x, dim).to(device=x.device, dtype=compute)
+    else:
+        alpha_t = torch.full(_row_shape(x, dim), float(alpha), dtype=compute, device=x.device)
+    return _along(EntmaxBisectFunction, x, dim, alpha_t.movedim(dim, -1), n_iter)
+
+
+# ----------------------------------------------------------------------------------
+# module forms
+# ----------------------------------------------------------------------------------
+
+
+class Sparsemax(nn.Module):
+    """Module form of :func:`sparsemax`: ``(..., n, ...) -> (..., n, ...)`` along ``dim``."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sparsemax(x, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Entmax15(nn.Module):
+    """Module form of :func:`entmax15`: ``(..., n, ...) -> (..., n, ...)`` along ``dim``."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return entmax15(x, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class EntmaxBisect(nn.Module):
+    """Module form of :func:`entmax_bisect` with a fixed ``alpha`` (float or tensor).
+
+    For a learnable alpha, pass ``EntmaxAlpha(heads)()`` to :func:`entmax_bisect`.
+    """
+
+    def __init__(self, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = 50) -> None:
+        super().__init__()
+        check_alpha(alpha)
+        check_n_iter(n_iter)
+        self.alpha = alpha
+        self.dim = dim
+        self.n_iter = n_iter
+
+    def forward(self, x: Tensor) -> Tensor:
+        return entmax_bisect(x, alpha=self.alpha, dim=self.dim, n_iter=self.n_iter)
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha if not isinstance(self.alpha, Tensor) else tuple(self.alpha.shape)
+        return f"alpha={alpha}, dim={self.dim}, n_iter={self.n_iter}"
+
+
+class EntmaxAlpha(nn.Module):
+    """One learnable entmax alpha per head, confined to ``[MIN_ALPHA, 2]``.
+
+    ``alpha = MIN_ALPHA + (2 - MIN_ALPHA) * sigmoid(raw)`` with an unconstrained
+    parameter ``raw``: any value an optimiser gives ``raw`` (even ``±inf``) maps inside
+    the range, so alpha can never reach 1, where entmax divides by zero (entmax issues
+    #39, #24). The floor :data:`MIN_ALPHA` keeps the bisection and the alpha gradient
+    well-conditioned. As in Correia et al. 2019, heads start at ``init`` and learn how
+    sparse to be.
+
+    Args:
+        heads: number of heads (positive int).
+        init: starting alpha of every head, in the open range ``(MIN_ALPHA, 2)``.
+
+    ``forward()`` returns alpha of shape ``(1, heads, 1, 1)``, which broadcasts over
+    ``(batch, heads, n_q, n_k)`` scores: ``entmax_bisect(scores, alpha=module())``.
+    """
+
+    def __init__(self, heads: int, init: float = 1.5) -> None:
+        super().__init__()
+        if isinstance(heads, bool) or not isinstance(heads, int):
+            raise TypeError(f"`heads` must be a positive int, got {type(heads).__name__}")
+        if heads < 1:
+            raise ValueError(f"`heads` must be a positive int, got {heads}")
+        if isinstance(init, bool) or not isinstance(init, (int, float)):
+            raise TypeError(f"`init` must be a float, got {type(init).__name__}")
+        if not MIN_ALPHA < init < 2:
+            raise ValueError(f"`init` must be in the open range ({MIN_ALPHA}, 2), got {init}")
+        self.heads = heads
+        fraction = (init - MIN_ALPHA) / (2 - MIN_ALPHA)
+        raw = math.log(fraction / (1 - fraction))  # inverse sigmoid
+        self.raw = nn.Parameter(torch.full((heads,), raw))
+
+    def forward(self) -> Tensor:
+        """Alpha per head, shape ``(1, heads, 1, 1)``, values in ``[MIN_ALPHA, 2]``."""
+        alpha = MIN_ALPHA + (2 - MIN_ALPHA) * torch.sigmoid(self.raw)
+        return alpha.view(1, self.heads, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}"
+
+
+__all__ = [
+    "MIN_ALPHA",
+    "Entmax15",
+    "Entmax15Function",
+    "EntmaxAlpha",
+    "EntmaxBisect",
+    "EntmaxBisectFunction",
+    "Sparsemax",
+    "SparsemaxFunction",
+    "check_alpha",
+    "check_n_iter",
+    "entmax15",
+    "entmax_bisect",
+    "sparsemax",
+]

@@ -10,8 +10,8 @@ shared by every entry of the registry:
 * float16/bfloat16 scores are normalised in float32 and returned in the input dtype.
 
 Attention modules take ``normalizer=`` as a registry name (``"softmax"``,
-``"sparsemax"``, ``"entmax15"``, ``"entmax"`` with ``alpha``, ``"hardmax"``,
-``"gumbel"``) or as such a callable. Adding a normaliser is one
+``"sparsemax"``, ``"entmax15"``, ``"entmax"`` with ``alpha``, ``"hardmax"``
+(alias ``"hard"``), ``"gumbel"``) or as such a callable. Adding a normaliser is one
 :func:`register_normalizer` entry, not an edit in every module.
 """
 
@@ -24,8 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .entmax import entmax15, entmax_bisect, sparsemax
-from .validation import check_bool_mask, check_broadcastable_to, check_positive
+from .entmax import check_alpha, check_n_iter, entmax15, entmax_bisect, sparsemax
+from .validation import check_bool_mask, check_broadcastable_to, check_positive, check_tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -106,6 +106,7 @@ def masked_normalize(
     Returns:
         weights of the shape and dtype of ``scores``; a slice with no allowed entry is 0.
     """
+    check_tensor(scores, "scores")
     if mask is not None:
         check_bool_mask(mask)
         check_broadcastable_to(mask, scores.shape, "mask", "scores of shape")
@@ -210,9 +211,13 @@ def _entmax15_factory() -> Normalizer:
 
 @register_normalizer("entmax")
 def _entmax_factory(alpha: float | Tensor = 1.5, n_iter: int = 50) -> Normalizer:
+    # Fail when the normaliser is built (e.g. in a module's __init__), not at its first call.
+    check_alpha(alpha)
+    check_n_iter(n_iter)
     return functools.partial(entmax_bisect, alpha=alpha, n_iter=n_iter)
 
 
+@register_normalizer("hard")
 @register_normalizer("hardmax")
 def _hardmax_factory(straight_through: bool = False) -> Normalizer:
     return functools.partial(hardmax, straight_through=straight_through)
@@ -236,4 +241,3 @@ __all__ = [
     "register_normalizer",
     "softmax",
 ]
-
