@@ -1,0 +1,206 @@
+"""The functional core of every attention module: :func:`attend`, and the mask helpers.
+
+``attend(q, k, v)`` computes ``normalize(q @ k^T * scale) @ v`` over the last two axes, with
+any number of leading batch axes (``(batch, heads, seq, head_dim)`` inside the modules).
+Softmax without returned weights goes through
+:func:`torch.nn.functional.scaled_dot_product_attention`, so it picks up the fused kernels
+(flash, memory-efficient, cuDNN) on GPU; every other normaliser, and softmax when the weights
+are wanted, materialises the ``(..., n_q, n_k)`` score matrix and goes through
+:func:`~attnzoo.attention.normalizers.masked_normalize`.
+
+Masks are boolean with ``True`` = may attend. A query row with no key it may attend to
+returns zeros (and passes zero gradient), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .normalizers import Normalizer, masked_normalize
+from .validation import (
+    check_bool_mask,
+    check_broadcastable_to,
+    check_min_rank,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_size,
+)
+
+
+def causal_mask(n_q: int, n_k: int, device: torch.device | str | None = None) -> Tensor:
+    """Bottom-right aligned causal mask: the last query sees every key, query ``i`` sees keys
+    ``j <= i + (n_k - n_q)``.
+
+    This is the alignment incremental decoding needs (the ``n_q`` new queries are the last
+    ``n_q`` positions of an ``n_k``-long sequence whose earlier keys are cached). For
+    ``n_q == n_k`` it is the usual lower-triangular mask, the one SDPA's ``is_causal`` uses;
+    for ``n_q > n_k`` the first ``n_q - n_k`` queries see no key at all.
+
+    Returns:
+        ``(n_q, n_k)`` boolean tensor, True = may attend.
+    """
+    rows = torch.arange(n_q, device=device).unsqueeze(-1)
+    cols = torch.arange(n_k, device=device)
+    return cols <= rows + (n_k - n_q)
+
+
+def padding_mask_to_attention_mask(padding_mask: Tensor) -> Tensor:
+    """Key-padding mask ``(batch, n_k)`` (True = real token) -> ``(batch, 1, 1, n_k)``.
+
+    The result broadcasts over heads and queries against scores ``(batch, heads, n_q, n_k)``.
+    """
+    check_bool_mask(padding_mask, "padding_mask")
+    check_rank(padding_mask, 2, "padding_mask", "(batch, n_k)")
+    return padding_mask[:, None, None, :]
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    normalizer: str | Normalizer = "softmax",
+    alpha: float | Tensor | None = None,
+    dropout: float = 0.0,
+    scale: float | None = None,
+    return_weights: bool = False,
+    training: bool = True,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention of ``q`` over ``(k, v)``: ``normalize(q @ k^T * scale) @ v``.
+
+    Args:
+        q: queries ``(..., n_q, d)``.
+        k: keys ``(..., n_k, d)``; the leading axes ``...`` equal those of ``q``.
+        v: values ``(..., n_k, d_v)``.
+        mask: boolean, True = may attend, broadcastable to ``(..., n_q, n_k)`` without
+            growing it. A key-padding mask ``(batch, n_k)`` does NOT broadcast correctly
+            against ``(batch, heads, n_q, n_k)``: expand it first with
+            :func:`padding_mask_to_attention_mask` (modules do this for their callers).
+        causal: also forbid query ``i`` to see keys ``j > i + (n_k - n_q)``
+            (bottom-right alignment, see :func:`causal_mask`); combined with ``mask`` by AND.
+        normalizer: registry name (``"softmax"``, ``"sparsemax"``, ``"entmax15"``,
+            ``"entmax"``, ``"hardmax"``, ``"gumbel"``) or a callable ``f(scores, dim)``.
+        alpha: the ``"entmax"`` exponent, > 1 (2 is sparsemax): a float, or a tensor
+            broadcastable to the scores, e.g. ``(1, heads, 1, 1)`` for one alpha per head.
+        dropout: probability of zeroing an attention weight (rescaling the rest), in [0, 1).
+        scale: score scale, > 0; default ``1 / sqrt(d)``.
+        return_weights: also return the attention weights.
+        training: apply dropout only when True (pass ``module.training``).
+
+    Returns:
+        ``out`` of shape ``(..., n_q, d_v)``, or ``(out, weights)`` with weights
+        ``(..., n_q, n_k)`` (the normalised weights, before dropout) when ``return_weights``.
+        A query row with no allowed key gives zeros in both.
+    """
+    _check_inputs(q, k, v, mask, causal, alpha, normalizer, dropout, scale)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    p_drop = dropout if training else 0.0
+
+    if _is_softmax(normalizer) and not return_weights:
+        return _sdpa(q, k, v, mask, causal, p_drop, scale)
+
+    mask = _merge_causal(mask, causal, n_q, n_k, q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    options = {} if alpha is None else {"alpha": alpha}
+    weights = masked_normalize(scores, mask, normalizer, dim=-1, **options)
+    dropped = F.dropout(weights, p_drop, training=p_drop > 0)
+    out = torch.matmul(dropped, v)
+    return (out, weights) if return_weights else out
+
+
+def _is_softmax(normalizer: str | Normalizer) -> bool:
+    return isinstance(normalizer, str) and normalizer == "softmax"
+
+
+def _merge_causal(
+    mask: Tensor | None, causal: bool, n_q: int, n_k: int, device: torch.device
+) -> Tensor | None:
+    """AND the user's mask with the bottom-right causal mask (if ``causal``)."""
+    if not causal:
+        return mask
+    tri = causal_mask(n_q, n_k, device)
+    return tri if mask is None else mask & tri
+
+
+def _sdpa(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    causal: bool,
+    p_drop: float,
+    scale: float | None,
+) -> Tensor:
+    """Softmax attention through SDPA, with fully masked query rows forced to zeros.
+
+    SDPA's own ``is_causal`` is top-left aligned, so it is used only when it coincides with
+    the bottom-right alignment (``n_q == n_k``) and no other mask is given; otherwise the
+    causal mask is materialised and merged with ``mask``.
+    """
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if causal and mask is None and n_q == n_k:
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=p_drop, is_causal=True, scale=scale
+        )
+    mask = _merge_causal(mask, causal, n_q, n_k, q.device)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, scale=scale)
+    # Depending on the backend, a row with no allowed key may come out of SDPA as NaN, and
+    # its backward as NaN too. Let such rows attend everywhere (finite, harmless numbers),
+    # then zero them: the result and the gradient through it are exactly zero. This is a
+    # reduction over the mask's own (usually broadcast, small) shape, with no host sync.
+    has_key = mask.any(dim=-1, keepdim=True)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask | ~has_key, dropout_p=p_drop, scale=scale
+    )
+    return out.masked_fill(~has_key, 0.0)
+
+
+def _check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    causal: bool,
+    alpha: float | Tensor | None,
+    normalizer: str | Normalizer,
+    dropout: float,
+    scale: float | None,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad argument of :func:`attend`."""
+    check_min_rank(q, 2, "q", "(..., n_q, d)")
+    check_rank(k, q.dim(), "k", f"(..., n_k, d) with the {q.dim() - 2} leading axes of `q`")
+    check_rank(v, q.dim(), "v", f"(..., n_k, d_v) with the {q.dim() - 2} leading axes of `q`")
+    batch = q.shape[:-2]
+    for name, x in (("k", k), ("v", v)):
+        if x.shape[:-2] != batch:
+            raise ValueError(
+                f"`{name}` must have the leading (batch) axes of `q` {tuple(batch)}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.dtype != q.dtype:
+            raise TypeError(f"`{name}` must have the dtype of `q` ({q.dtype}), got {x.dtype}")
+    check_size(k, -1, q.shape[-1], "k", "the feature size d of `q`")
+    check_size(v, -2, k.shape[-2], "v", "the number of keys n_k of `k`")
+    if mask is not None:
+        check_bool_mask(mask, "mask")
+        scores_shape = (*batch, q.shape[-2], k.shape[-2])
+        check_broadcastable_to(mask, scores_shape, "mask", "scores (..., n_q, n_k) of shape")
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal` must be a bool, got {type(causal).__name__}")
+    if alpha is not None and normalizer != "entmax":
+        raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
+    check_probability(dropout, "dropout")
+    if scale is not None:
+        check_positive(scale, "scale")
+
+
+__all__ = ["attend", "causal_mask", "padding_mask_to_attention_mask"]

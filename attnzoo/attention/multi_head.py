@@ -1,0 +1,252 @@
+"""Multi-head attention (Vaswani et al. 2017) with any normaliser, and its decoding cache.
+
+One module covers self-attention, cross-attention (``context`` with its own width
+``kv_dim``), causal masking, incremental decoding through :class:`KVCache`, and sparse
+attention with one learnable entmax alpha per head (Correia et al. 2019, "Adaptively Sparse
+Transformers"). The attention itself is :func:`~attnzoo.attention.functional.attend`.
+
+Parameter names follow Hugging Face ``modeling_bert.py``, so a BERT checkpoint converts with
+this key map (per layer, ``encoder.layer.{i}.`` prefix dropped)::
+
+    attention.self.query.{weight,bias}   -> query.{weight,bias}
+    attention.self.key.{weight,bias}     -> key.{weight,bias}
+    attention.self.value.{weight,bias}   -> value.{weight,bias}
+    attention.output.dense.{weight,bias} -> out.{weight,bias}
+
+(BERT's ``attention.output.LayerNorm`` belongs to the encoder layer, not to this module.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .entmax import MIN_ALPHA, EntmaxAlpha
+from .functional import attend, padding_mask_to_attention_mask
+from .normalizers import Normalizer, get_normalizer
+from .validation import check_bool_mask, check_positive, check_probability, check_rank, check_size
+
+
+@dataclass
+class KVCache:
+    """Keys and values kept between decoding steps of one :class:`MultiHeadAttention`.
+
+    ``key`` and ``value`` are ``(batch, heads, n_cached, dim_head)``, or None while empty.
+    For self-attention each call appends the new positions' keys and values; for
+    cross-attention the first call stores the context's keys and values and later calls
+    reuse them. Use one cache per module and per sequence batch.
+    """
+
+    key: Tensor | None = None
+    value: Tensor | None = None
+
+    def __len__(self) -> int:
+        """Number of cached positions ``n_cached``."""
+        return 0 if self.key is None else self.key.shape[-2]
+
+    def append(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Add ``(batch, heads, n_new, dim_head)`` keys/values; return all cached ones."""
+        if self.key is None or self.value is None:
+            self.key, self.value = key, value
+        else:
+            self.key = torch.cat([self.key, key], dim=-2)
+            self.value = torch.cat([self.value, value], dim=-2)
+        return self.key, self.value
+
+    def reset(self) -> None:
+        """Empty the cache (start a new sequence)."""
+        self.key = self.value = None
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over ``(batch, seq, dim)`` inputs.
+
+    Args:
+        dim: width of the queries' input ``x`` and of the output.
+        heads: number of heads.
+        dim_head: width of one head; default ``dim // heads`` (then ``dim`` must divide).
+        normalizer: registry name or callable, see :mod:`attnzoo.attention.normalizers`.
+        learn_alpha: learn one entmax alpha per head (needs ``normalizer="entmax"``).
+        causal: bottom-right causal masking (query ``i`` of ``n_q`` sees keys
+            ``j <= i + n_k - n_q``), so it stays correct when decoding with a cache.
+        dropout: dropout on the attention weights, in [0, 1).
+        kv_dim: width of ``context`` for cross-attention; default ``dim``.
+        bias: biases in the four projections.
+        alpha: fixed entmax alpha (> 1) for ``normalizer="entmax"``, or the initial value of
+            the learned alpha (in ``(MIN_ALPHA, 2)``) when ``learn_alpha``; default 1.5.
+
+    Parameters: ``query`` (dim -> heads * dim_head), ``key`` and ``value``
+    (kv_dim -> heads * dim_head), ``out`` (heads * dim_head -> dim), named as in Hugging Face
+    BERT (see the module docstring for the key map). Initialisation: Xavier-uniform weights
+    and zero biases, as :class:`torch.nn.MultiheadAttention` does for separate projections;
+    pretrained checkpoints overwrite both.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int | None = None,
+        normalizer: str | Normalizer = "softmax",
+        learn_alpha: bool = False,
+        causal: bool = False,
+        dropout: float = 0.0,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        alpha: float | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive(dim, "dim")
+        check_positive(heads, "heads")
+        if dim_head is None:
+            if dim % heads != 0:
+                raise ValueError(
+                    f"`dim` ({dim}) must be divisible by `heads` ({heads}) unless `dim_head` "
+                    "is given"
+                )
+            dim_head = dim // heads
+        check_positive(dim_head, "dim_head")
+        kv_dim = dim if kv_dim is None else kv_dim
+        check_positive(kv_dim, "kv_dim")
+        check_probability(dropout, "dropout")
+        _check_normalizer(normalizer, learn_alpha, alpha)
+
+        self.dim, self.heads, self.dim_head, self.kv_dim = dim, heads, dim_head, kv_dim
+        self.normalizer, self.causal, self.dropout = normalizer, causal, dropout
+        inner = heads * dim_head
+        self.query = nn.Linear(dim, inner, bias=bias)
+        self.key = nn.Linear(kv_dim, inner, bias=bias)
+        self.value = nn.Linear(kv_dim, inner, bias=bias)
+        self.out = nn.Linear(inner, dim, bias=bias)
+        self.alpha = (
+            EntmaxAlpha(heads, init=1.5 if alpha is None else alpha) if learn_alpha else None
+        )
+        self.fixed_alpha = None if learn_alpha else alpha
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases."""
+        for linear in (self.query, self.key, self.value, self.out):
+            nn.init.xavier_uniform_(linear.weight)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x`` to itself (``context=None``) or to ``context``.
+
+        Args:
+            x: queries' input ``(batch, n_q, dim)``.
+            context: cross-attention input ``(batch, n_c, kv_dim)``; with a filled ``cache``
+                its keys/values come from the cache and only its batch size is checked.
+            mask: boolean, True = may attend, over all ``n_k`` keys (cached ones included):
+                a key-padding mask ``(batch, n_k)``, or a rank-4 mask broadcastable to
+                ``(batch, heads, n_q, n_k)``. Other ranks are rejected, so that a
+                ``(batch, n_q, n_k)`` mask is never silently read as per-head.
+            cache: a :class:`KVCache`, updated in place (self-attention: this call's keys and
+                values are appended; cross-attention: the context's are stored once).
+            return_weights: also return the weights ``(batch, heads, n_q, n_k)``.
+
+        Returns:
+            ``(batch, n_q, dim)``, or ``(out, weights)`` when ``return_weights``.
+        """
+        check_rank(x, 3, "x", "(batch, n_q, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        q = self._split_heads(self.query(x))
+        k, v = self._keys_values(x, context, cache)
+        result = attend(
+            q,
+            k,
+            v,
+            mask=self._attention_mask(mask, x.shape[0], k.shape[-2]),
+            causal=self.causal,
+            normalizer=self.normalizer,
+            alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
+            dropout=self.dropout,
+            return_weights=return_weights,
+            training=self.training,
+        )
+        out, weights = result if return_weights else (result, None)
+        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
+        return (out, weights) if return_weights else out
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)``."""
+        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+
+    def _keys_values(
+        self, x: Tensor, context: Tensor | None, cache: KVCache | None
+    ) -> tuple[Tensor, Tensor]:
+        """Keys and values ``(batch, heads, n_k, dim_head)``, through the cache if any."""
+        if context is None:
+            if self.kv_dim != self.dim:
+                raise ValueError(
+                    f"`context` of width kv_dim={self.kv_dim} is required: self-attention "
+                    f"needs kv_dim == dim ({self.dim})"
+                )
+            k, v = self._split_heads(self.key(x)), self._split_heads(self.value(x))
+            return cache.append(k, v) if cache is not None else (k, v)
+
+        check_rank(context, 3, "context", "(batch, n_c, kv_dim)")
+        check_size(context, 0, x.shape[0], "context", "the batch size of `x`")
+        if cache is not None and cache.key is not None and cache.value is not None:
+            # Cross-attention keys/values depend on the context only: reuse them.
+            check_size(cache.key, 0, x.shape[0], "cache.key", "the batch size of `x`")
+            return cache.key, cache.value
+        check_size(context, -1, self.kv_dim, "context", "kv_dim")
+        k = self._split_heads(self.key(context))
+        v = self._split_heads(self.value(context))
+        return cache.append(k, v) if cache is not None else (k, v)
+
+    def _attention_mask(self, mask: Tensor | None, batch: int, n_k: int) -> Tensor | None:
+        """Key-padding ``(batch, n_k)`` -> ``(batch, 1, 1, n_k)``; rank-4 masks pass through."""
+        if mask is None:
+            return None
+        check_bool_mask(mask, "mask")
+        if mask.dim() == 2:
+            check_size(mask, 0, batch, "mask", "the batch size of `x`")
+            check_size(mask, 1, n_k, "mask", "the number of keys n_k (cached ones included)")
+            return padding_mask_to_attention_mask(mask)
+        if mask.dim() != 4:
+            raise ValueError(
+                "`mask` must be a key-padding mask (batch, n_k) or a rank-4 mask broadcastable "
+                f"to (batch, heads, n_q, n_k), got shape {tuple(mask.shape)}"
+            )
+        return mask
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
+            f"kv_dim={self.kv_dim}, normalizer={self.normalizer!r}, causal={self.causal}, "
+            f"dropout={self.dropout}"
+        )
+
+
+def _check_normalizer(normalizer: str | Normalizer, learn_alpha: bool, alpha: float | None) -> None:
+    """Fail at construction, not at the first forward, on a bad normaliser setting."""
+    get_normalizer(normalizer)  # unknown names raise ValueError naming `normalizer`
+    if learn_alpha and normalizer != "entmax":
+        raise ValueError(
+            f"`learn_alpha=True` needs normalizer='entmax' (alpha-entmax), got {normalizer!r}"
+        )
+    if alpha is None:
+        return
+    if normalizer != "entmax":
+        raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
+    if learn_alpha and not MIN_ALPHA < alpha < 2:
+        raise ValueError(
+            f"`alpha` (the initial learned alpha) must be in ({MIN_ALPHA}, 2), got {alpha}"
+        )
+    get_normalizer("entmax", alpha=alpha)  # a fixed alpha must be a finite float > 1
+
+
+__all__ = ["KVCache", "MultiHeadAttention"]
