@@ -1,0 +1,357 @@
+"""Product-key memory (Lample et al. 2019, "Large Memory Layers with Product Keys").
+
+A product-key memory is a key-value memory with ``n_keys ** 2`` slots whose keys are never
+stored: key ``(i, j)`` is the concatenation of sub-key ``i`` of a first set and sub-key ``j``
+of a second set, each set holding ``n_keys`` vectors of size ``k_dim / 2``. A query is split
+in halves, each half is scored against its own sub-key set, and because the score of a
+product key is the sum of its two half scores, the exact top-k over all ``n_keys ** 2``
+keys is found among the ``topk * topk`` sums of the two per-half top-k lists. A read
+touches ``heads * topk`` value rows out of ``n_keys ** 2``, so the memory can be very large
+at the cost of a small feed-forward layer.
+
+The behaviour follows the reference implementation released with the paper (the XLM
+repository): a linear query network followed by batch normalisation of the queries, one
+pair of sub-key sets per head, a softmax over each head's final top-k scores, and the
+heads summed into one output through a single shared value table read with
+``nn.EmbeddingBag(mode="sum")``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .normalizers import Normalizer, get_normalizer
+from .validation import (
+    check_bool_mask,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_size,
+    check_tensor,
+)
+
+QUERY_NORMS = ("batchnorm", "layernorm", None)
+
+
+class ProductKeyMemory(nn.Module):
+    """Product-key memory layer; a drop-in replacement of a feed-forward sub-layer.
+
+    Args:
+        dim: input width ``d`` of ``x``.
+        n_keys: sub-keys per half; the memory holds ``n_keys ** 2`` values.
+        heads: independent read heads (own query slice and own sub-keys, shared values);
+            their reads are summed.
+        k_dim: query/key width per head; even, as it is split into two halves.
+        topk: value slots read per head; at most ``n_keys``.
+        v_dim: width of a value and of the output; defaults to ``dim`` (same in/out shape
+            as a feed-forward layer).
+        query_norm: ``"batchnorm"`` (the paper's choice: BatchNorm1d over the
+            ``heads * k_dim`` query features, statistics over real tokens only),
+            ``"layernorm"`` (LayerNorm over each head's ``k_dim`` query, independent of
+            the batch) or ``None``. As with any ``BatchNorm1d``, a training batch with
+            batch norm needs at least two real tokens (a fully padded one is allowed).
+        sparse: read the values with ``sparse=True``, so that their gradient is a sparse
+            tensor touching only the slots read (use an optimiser that accepts sparse
+            gradients, e.g. ``torch.optim.SparseAdam``, for ``values``).
+        input_dropout, query_dropout, value_dropout: dropout rates on the input, on the
+            normalised queries and on the memory output.
+        normalizer: maps each head's ``topk`` scores to read weights; a registry name or a
+            callable (see :mod:`attnzoo.attention.normalizers`). ``"softmax"`` is the paper's.
+
+    Shapes:
+        ``forward(x, mask)``: ``x`` ``(batch, seq, dim)``, ``mask`` ``(batch, seq)`` boolean
+        (True = real token) -> ``(batch, seq, v_dim)``; padded positions output zeros.
+
+    Parameters: ``query_proj`` (Linear ``dim -> heads * k_dim``), ``query_norm``,
+    ``keys`` ``(heads, 2, n_keys, k_dim // 2)`` and ``values`` (EmbeddingBag with
+    ``n_keys ** 2`` rows of size ``v_dim``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_keys: int = 512,
+        heads: int = 4,
+        k_dim: int = 256,
+        topk: int = 32,
+        v_dim: int | None = None,
+        query_norm: str | None = "batchnorm",
+        sparse: bool = False,
+        input_dropout: float = 0.0,
+        query_dropout: float = 0.0,
+        value_dropout: float = 0.0,
+        normalizer: str | Normalizer = "softmax",
+    ) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("n_keys", n_keys), ("heads", heads)):
+            _check_positive_int(value, name)
+        _check_positive_int(k_dim, "k_dim")
+        if k_dim % 2 != 0:
+            raise ValueError(
+                f"`k_dim` must be even (each query is split into two halves), got {k_dim}"
+            )
+        _check_positive_int(topk, "topk")
+        if topk > n_keys:
+            raise ValueError(
+                f"`topk` must be <= n_keys = {n_keys} (top-k is taken per sub-key set), got {topk}"
+            )
+        v_dim = dim if v_dim is None else v_dim
+        _check_positive_int(v_dim, "v_dim")
+        if query_norm not in QUERY_NORMS:
+            raise ValueError(f"`query_norm` must be one of {QUERY_NORMS}, got {query_norm!r}")
+        for name, rate in (
+            ("input_dropout", input_dropout),
+            ("query_dropout", query_dropout),
+            ("value_dropout", value_dropout),
+        ):
+            check_probability(rate, name)
+
+        self.dim = dim
+        self.n_keys = n_keys
+        self.heads = heads
+        self.k_dim = k_dim
+        self.topk = topk
+        self.v_dim = v_dim
+        self.query_norm_type = query_norm
+        self.input_dropout = input_dropout
+        self.query_dropout = query_dropout
+        self.value_dropout = value_dropout
+        self.normalize = get_normalizer(normalizer)
+
+        self.query_proj = nn.Linear(dim, heads * k_dim)
+        self.query_norm: nn.Module
+        if query_norm == "batchnorm":
+            self.query_norm = nn.BatchNorm1d(heads * k_dim)
+        elif query_norm == "layernorm":
+            self.query_norm = nn.LayerNorm(k_dim)
+        else:
+            self.query_norm = nn.Identity()
+        self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, k_dim // 2))
+        self.values = nn.EmbeddingBag(n_keys**2, v_dim, mode="sum", sparse=sparse)
+        self.reset_parameters()
+
+    @property
+    def size(self) -> int:
+        """Number of value slots, ``n_keys ** 2``."""
+        return self.n_keys**2
+
+    def reset_parameters(self) -> None:
+        """Initialise as the reference implementation does.
+
+        Sub-keys are uniform in ``±1/sqrt(k_dim // 2)`` (``nn.Linear``'s bound for the
+        half-key width); values are normal with std ``v_dim ** -0.5``, so that a read,
+        a convex combination of values, starts at the scale of a unit-variance layer.
+        The reference draws each head's sub-keys from a fixed NumPy seed; here they come
+        from torch's generator, so ``torch.manual_seed`` makes them reproducible.
+        """
+        bound = 1.0 / math.sqrt(self.k_dim // 2)
+        nn.init.uniform_(self.keys, -bound, bound)
+        nn.init.normal_(self.values.weight, mean=0.0, std=self.v_dim**-0.5)
+        self.query_proj.reset_parameters()
+        if isinstance(self.query_norm, (nn.BatchNorm1d, nn.LayerNorm)):
+            self.query_norm.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, n_keys={self.n_keys}, heads={self.heads}, k_dim={self.k_dim}, "
+            f"topk={self.topk}, v_dim={self.v_dim}, query_norm={self.query_norm_type!r}"
+        )
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_indices: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Read the memory for every real token.
+
+        Only the real tokens (``mask`` True) are projected, normalised and looked up, so
+        padding never enters the batch-norm statistics and costs no memory reads.
+
+        Args:
+            x: ``(batch, seq, dim)``.
+            mask: optional boolean ``(batch, seq)``, True = real token.
+            return_indices: also return the slots read and their weights.
+
+        Returns:
+            output ``(batch, seq, v_dim)``, zero at padded positions; with
+            ``return_indices=True`` also ``indices`` ``(batch, seq, heads, topk)`` (int64
+            slots in ``[0, n_keys ** 2)``, ``-1`` at padded positions) and ``weights``
+            ``(batch, seq, heads, topk)`` (each head's read weights, 0 at padding), the
+            inputs of :func:`memory_usage`.
+        """
+        check_rank(x, 3, "x", "(batch, seq, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        batch, seq, _ = x.shape
+        if mask is None:
+            rows = x.reshape(batch * seq, self.dim)
+        else:
+            check_bool_mask(mask)
+            check_rank(mask, 2, "mask", "(batch, seq)")
+            if mask.shape != (batch, seq):
+                raise ValueError(
+                    f"`mask` must have shape (batch, seq) = {(batch, seq)} to match `x`, "
+                    f"got {tuple(mask.shape)}"
+                )
+            rows = x[mask]
+
+        out_rows, idx_rows, w_rows = self.read(rows)
+
+        if mask is None:
+            output = out_rows.view(batch, seq, self.v_dim)
+            indices = idx_rows.view(batch, seq, self.heads, self.topk)
+            weights = w_rows.view(batch, seq, self.heads, self.topk)
+        else:
+            # Scatter the real rows back; index_put on fresh zeros keeps autograd intact.
+            output = out_rows.new_zeros(batch, seq, self.v_dim).index_put((mask,), out_rows)
+            indices = idx_rows.new_full((batch, seq, self.heads, self.topk), -1)
+            indices = indices.index_put((mask,), idx_rows)
+            weights = w_rows.new_zeros(batch, seq, self.heads, self.topk)
+            weights = weights.index_put((mask,), w_rows)
+        if return_indices:
+            return output, indices, weights
+        return output
+
+    def read(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Memory read for a flat set of rows (no padding among them).
+
+        Args:
+            rows: ``(n, dim)``.
+
+        Returns:
+            ``output`` ``(n, v_dim)``, ``indices`` ``(n, heads, topk)`` and ``weights``
+            ``(n, heads, topk)``.
+        """
+        check_rank(rows, 2, "rows", "(n, dim)")
+        check_size(rows, -1, self.dim, "rows", "dim")
+        n = rows.shape[0]
+        query = self.queries(rows)  # (n, heads, k_dim)
+        scores, indices = self.search(query)  # (n, heads, topk) each
+        weights = self.normalize(scores, dim=-1)
+        # All heads index the one value table; summing their reads is a single bag of
+        # heads * topk weighted rows per token.
+        output = self.values(
+            indices.reshape(n, self.heads * self.topk),
+            per_sample_weights=weights.reshape(n, self.heads * self.topk).to(
+                self.values.weight.dtype
+            ),
+        ).to(query.dtype)
+        output = F.dropout(output, p=self.value_dropout, training=self.training)
+        return output, indices, weights
+
+    def queries(self, rows: Tensor) -> Tensor:
+        """Query network: dropout, linear projection, normalisation, dropout.
+
+        Args:
+            rows: ``(n, dim)`` real tokens only (batch-norm statistics are taken over them).
+
+        Returns:
+            ``(n, heads, k_dim)``.
+        """
+        n = rows.shape[0]
+        rows = F.dropout(rows, p=self.input_dropout, training=self.training)
+        query = self.query_proj(rows)  # (n, heads * k_dim)
+        # Batch norm rejects an empty batch (a fully padded one); the empty read that
+        # follows still returns empty outputs attached to the graph.
+        if self.query_norm_type == "batchnorm" and n > 0:
+            query = self.query_norm(query)
+        query = query.view(n, self.heads, self.k_dim)
+        if self.query_norm_type == "layernorm":
+            query = self.query_norm(query)
+        return F.dropout(query, p=self.query_dropout, training=self.training)
+
+    def search(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact top-k over the ``n_keys ** 2`` product keys of each head.
+
+        The score of product key ``(i, j)`` is ``s1[i] + s2[j]``. If ``(i, j)`` is among
+        the best ``topk`` pairs then ``i`` is among the best ``topk`` of ``s1`` (otherwise
+        ``topk`` better ``i'`` would each give a better pair ``(i', j)``), and likewise
+        for ``j``; so the ``topk * topk`` candidate sums contain the exact answer.
+        Scores stay differentiable with respect to the query and the sub-keys.
+
+        Args:
+            query: ``(n, heads, k_dim)``.
+
+        Returns:
+            ``scores`` ``(n, heads, topk)`` sorted in decreasing order and ``indices``
+            ``(n, heads, topk)``: slots ``i * n_keys + j`` into ``values``.
+        """
+        n = query.shape[0]
+        k = self.topk
+        halves = query.view(n, self.heads, 2, self.k_dim // 2)
+        sub_scores = torch.einsum("nhsd,hskd->nhsk", halves, self.keys.to(query.dtype))
+        best, best_idx = sub_scores.topk(k, dim=-1)  # (n, heads, 2, k)
+        pair_scores = best[:, :, 0, :, None] + best[:, :, 1, None, :]  # (n, heads, k, k)
+        scores, flat = pair_scores.flatten(-2).topk(k, dim=-1)  # (n, heads, k)
+        i1 = best_idx[:, :, 0].gather(-1, flat // k)
+        i2 = best_idx[:, :, 1].gather(-1, flat % k)
+        return scores, i1 * self.n_keys + i2
+
+
+class MemoryUsage(NamedTuple):
+    """Memory-usage statistics of Lample et al. (2019), Section 4.4.
+
+    ``fraction_used``: share of the ``n_keys ** 2`` slots that received a non-zero total
+    weight. ``kl_uniform``: KL divergence from the distribution of total read weight over
+    the slots to the uniform distribution (0 = perfectly even use, ``log(n_keys ** 2)``
+    = a single slot).
+    """
+
+    fraction_used: float
+    kl_uniform: float
+
+
+def memory_usage(indices: Tensor, weights: Tensor, n_keys: int) -> MemoryUsage:
+    """Usage statistics of a product-key memory over a set of reads.
+
+    The per-slot total weight ``z'_s = sum of the weights of the reads of slot s`` is
+    normalised to a distribution ``z``; the statistics are ``#{s: z_s != 0} / N`` and
+    ``KL(z || uniform) = log N + sum_s z_s log z_s`` with ``N = n_keys ** 2``.
+
+    Args:
+        indices: slots of any shape (e.g. ``(batch, seq, heads, topk)`` from
+            ``ProductKeyMemory(..., return_indices=True)``); negative entries mark padding
+            and are ignored.
+        weights: read weights of the same shape as ``indices``.
+        n_keys: the memory's ``n_keys`` (it has ``n_keys ** 2`` slots).
+
+    Returns:
+        :class:`MemoryUsage` ``(fraction_used, kl_uniform)`` as Python floats.
+    """
+    check_tensor(indices, "indices")
+    check_tensor(weights, "weights")
+    _check_positive_int(n_keys, "n_keys")
+    if indices.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"`indices` must be an integer tensor, got dtype {indices.dtype}")
+    if weights.shape != indices.shape:
+        raise ValueError(
+            f"`weights` must have the shape of `indices` {tuple(indices.shape)}, "
+            f"got {tuple(weights.shape)}"
+        )
+    size = n_keys**2
+    valid = indices >= 0
+    slots = indices[valid].long()
+    if slots.numel() and int(slots.max()) >= size:
+        raise ValueError(
+            f"`indices` must be < n_keys ** 2 = {size}, got a maximum of {int(slots.max())}"
+        )
+    total = torch.zeros(size, dtype=torch.float64, device=indices.device)
+    total.index_add_(0, slots, weights[valid].detach().to(torch.float64))
+    mass = total.sum()
+    if not mass > 0:
+        raise ValueError("`weights`: no read with positive weight among non-padded `indices`")
+    z = total / mass
+    used = z > 0
+    kl = math.log(size) + float((z[used] * z[used].log()).sum())
+    return MemoryUsage(fraction_used=float(used.double().mean()), kl_uniform=kl)
+
+
+def _check_positive_int(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    check_positive(value, name)
+
+
+__all__ = ["MemoryUsage", "ProductKeyMemory", "memory_usage"]
