@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .validation import check_tensor
+from .validation import check_int, check_tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -76,11 +76,7 @@ def _check_scores(x: object, dim: object) -> int:
 
 def check_n_iter(n_iter: object) -> int:
     """Return ``n_iter`` if it is a positive int, else raise naming ``n_iter``."""
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int):
-        raise TypeError(f"`n_iter` must be a positive int, got {type(n_iter).__name__}")
-    if n_iter < 1:
-        raise ValueError(f"`n_iter` must be a positive int, got {n_iter}")
-    return n_iter
+    return check_int(n_iter, "n_iter")
 
 
 def check_alpha(alpha: object) -> None:
@@ -515,10 +511,7 @@ class EntmaxAlpha(nn.Module):
 
     def __init__(self, heads: int, init: float = 1.5) -> None:
         super().__init__()
-        if isinstance(heads, bool) or not isinstance(heads, int):
-            raise TypeError(f"`heads` must be a positive int, got {type(heads).__name__}")
-        if heads < 1:
-            raise ValueError(f"`heads` must be a positive int, got {heads}")
+        check_int(heads, "heads")
         if isinstance(init, bool) or not isinstance(init, (int, float)):
             raise TypeError(f"`init` must be a float, got {type(init).__name__}")
         if not MIN_ALPHA < init < 2:

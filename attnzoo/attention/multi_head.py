@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from .entmax import MIN_ALPHA, EntmaxAlpha
 from .functional import attend, padding_mask_to_attention_mask
 from .normalizers import Normalizer, get_normalizer
-from .validation import check_bool_mask, check_positive, check_probability, check_rank, check_size
+from .validation import (
+    check_bool_mask,
+    check_int,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_size,
+)
 
 
 @dataclass
@@ -99,16 +106,7 @@ class MultiHeadAttention(nn.Module):
         alpha: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive(dim, "dim")
-        check_positive(heads, "heads")
-        if dim_head is None:
-            if dim % heads != 0:
-                raise ValueError(
-                    f"`dim` ({dim}) must be divisible by `heads` ({heads}) unless `dim_head` "
-                    "is given"
-                )
-            dim_head = dim // heads
-        check_positive(dim_head, "dim_head")
+        dim_head = resolve_dim_head(dim, heads, dim_head)
         kv_dim = dim if kv_dim is None else kv_dim
         check_positive(kv_dim, "kv_dim")
         check_probability(dropout, "dropout")
@@ -129,10 +127,7 @@ class MultiHeadAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights, zero biases."""
-        for linear in (self.query, self.key, self.value, self.out):
-            nn.init.xavier_uniform_(linear.weight)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
+        xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
         self,
@@ -229,6 +224,27 @@ class MultiHeadAttention(nn.Module):
             f"kv_dim={self.kv_dim}, normalizer={self.normalizer!r}, causal={self.causal}, "
             f"dropout={self.dropout}"
         )
+
+
+def resolve_dim_head(dim: int, heads: int, dim_head: int | None) -> int:
+    """Width of one head: ``dim_head`` if given, else ``dim // heads`` (which must divide)."""
+    check_int(dim, "dim")
+    check_int(heads, "heads")
+    if dim_head is None:
+        if dim % heads != 0:
+            raise ValueError(
+                f"`dim` ({dim}) must be divisible by `heads` ({heads}) unless `dim_head` is given"
+            )
+        return dim // heads
+    return check_int(dim_head, "dim_head")
+
+
+def xavier_init_(*linears: nn.Linear) -> None:
+    """Xavier-uniform weights and zero biases, as ``torch.nn.MultiheadAttention`` does."""
+    for linear in linears:
+        nn.init.xavier_uniform_(linear.weight)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
 
 
 def _check_normalizer(normalizer: str | Normalizer, learn_alpha: bool, alpha: float | None) -> None:

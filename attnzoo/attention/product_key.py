@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .normalizers import Normalizer, get_normalizer
 from .validation import (
     check_bool_mask,
-    check_positive,
+    check_int,
     check_probability,
     check_rank,
     check_size,
@@ -89,19 +89,19 @@ class ProductKeyMemory(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("n_keys", n_keys), ("heads", heads)):
-            _check_positive_int(value, name)
-        _check_positive_int(k_dim, "k_dim")
+            check_int(value, name)
+        check_int(k_dim, "k_dim")
         if k_dim % 2 != 0:
             raise ValueError(
                 f"`k_dim` must be even (each query is split into two halves), got {k_dim}"
             )
-        _check_positive_int(topk, "topk")
+        check_int(topk, "topk")
         if topk > n_keys:
             raise ValueError(
                 f"`topk` must be <= n_keys = {n_keys} (top-k is taken per sub-key set), got {topk}"
             )
         v_dim = dim if v_dim is None else v_dim
-        _check_positive_int(v_dim, "v_dim")
+        check_int(v_dim, "v_dim")
         if query_norm not in QUERY_NORMS:
             raise ValueError(f"`query_norm` must be one of {QUERY_NORMS}, got {query_norm!r}")
         for name, rate in (
@@ -322,7 +322,7 @@ def memory_usage(indices: Tensor, weights: Tensor, n_keys: int) -> MemoryUsage:
     """
     check_tensor(indices, "indices")
     check_tensor(weights, "weights")
-    _check_positive_int(n_keys, "n_keys")
+    check_int(n_keys, "n_keys")
     if indices.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"`indices` must be an integer tensor, got dtype {indices.dtype}")
     if weights.shape != indices.shape:
@@ -346,12 +346,6 @@ def memory_usage(indices: Tensor, weights: Tensor, n_keys: int) -> MemoryUsage:
     used = z > 0
     kl = math.log(size) + float((z[used] * z[used].log()).sum())
     return MemoryUsage(fraction_used=float(used.double().mean()), kl_uniform=kl)
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    check_positive(value, name)
 
 
 __all__ = ["MemoryUsage", "ProductKeyMemory", "memory_usage"]

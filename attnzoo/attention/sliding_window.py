@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .multi_head import resolve_dim_head, xavier_init_
 from .normalizers import Normalizer, masked_normalize
 from .validation import (
     check_bool_mask,
     check_broadcastable_to,
+    check_int,
     check_positive,
     check_probability,
     check_rank,
@@ -142,8 +144,8 @@ def band_to_dense(weights_band: Tensor, before: int, after: int) -> Tensor:
     Meant for visualisation and tests: the result has ``n * n`` entries.
     """
     check_tensor(weights_band, "weights_band")
-    _check_offset(before, "before")
-    _check_offset(after, "after")
+    check_int(before, "before", minimum=0)
+    check_int(after, "after", minimum=0)
     if weights_band.dim() < 2:
         raise ValueError(
             "`weights_band` must have at least 2 dimensions (..., n, before + after + 1), "
@@ -194,19 +196,10 @@ class SlidingWindowAttention(nn.Module):
         alpha: float | None = None,
     ) -> None:
         super().__init__()
-        check_positive(dim, "dim")
-        check_positive(heads, "heads")
-        _check_offset(before, "before")
-        _check_offset(after, "after")
+        dim_head = resolve_dim_head(dim, heads, dim_head)
+        check_int(before, "before", minimum=0)
+        check_int(after, "after", minimum=0)
         check_probability(dropout, "dropout")
-        if dim_head is None:
-            if dim % heads:
-                raise ValueError(
-                    f"`dim` ({dim}) must be divisible by `heads` ({heads}) when `dim_head` "
-                    "is not given"
-                )
-            dim_head = dim // heads
-        check_positive(dim_head, "dim_head")
         if alpha is not None and normalizer != "entmax":
             raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
         self.heads, self.before, self.after = heads, before, after
@@ -220,10 +213,7 @@ class SlidingWindowAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Xavier-uniform weights, zero biases."""
-        for linear in (self.query, self.key, self.value, self.out):
-            nn.init.xavier_uniform_(linear.weight)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
+        xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False
@@ -367,14 +357,6 @@ def _alpha_for_blocks(alpha: float | Tensor) -> float | Tensor:
     return alpha.reshape((1,) * (4 - alpha.dim()) + tuple(alpha.shape)).unsqueeze(2)
 
 
-def _check_offset(value: object, name: str) -> None:
-    """``before``/``after`` must be ints >= 0 (a window cannot reach a negative distance)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int >= 0 (keys counted in tokens), got {value!r}")
-    if value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0 (keys counted in tokens), got {value}")
-
-
 def _check_inputs(
     q: Tensor,
     k: Tensor,
@@ -408,8 +390,8 @@ def _check_inputs(
             raise TypeError(f"`{name}` must have the dtype of `q` ({q.dtype}), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"`{name}` must be on the device of `q` ({q.device}), got {x.device}")
-    _check_offset(before, "before")
-    _check_offset(after, "after")
+    check_int(before, "before", minimum=0)
+    check_int(after, "after", minimum=0)
     if mask is not None:
         check_bool_mask(mask, "mask")
         check_rank(mask, 2, "mask", "(batch, n) key-padding mask")

@@ -93,3 +93,12 @@ def check_probability(value: float, name: str) -> None:
     """Raise ``ValueError`` unless ``0 <= value < 1`` (dropout rates and the like)."""
     if not 0 <= value < 1:
         raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int (not a bool) ``>= minimum``, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}")
+    return value
