@@ -1,0 +1,429 @@
+"""Model-agnostic autoregressive decoding: greedy search and beam search.
+
+A model plugs in through one function, the *step*::
+
+    step(prev_tokens, state) -> (log_probs, new_state)
+
+* ``prev_tokens``: ``(N,)`` int64, the last token of each running sequence (BOS first);
+* ``state``: whatever the model carries between steps (encoder outputs, hidden states,
+  :class:`~attnzoo.attention.multi_head.KVCache` objects, ...), as a nested structure of
+  tensors, tuples, lists, dicts and dataclasses (or None) whose tensors are batch-first:
+  dimension 0 is ``N``;
+* ``log_probs``: ``(N, vocab)`` log-probabilities of the next token.
+
+``N`` is ``batch_size`` in greedy search and ``batch_size * beam_width`` in beam search,
+where the beams of batch item ``b`` are rows ``b * beam_width ... (b + 1) * beam_width - 1``.
+Beam search expands the caller's ``(batch_size, ...)`` state to that layout itself and keeps
+it aligned with the surviving beams through :func:`reorder_state`, so a step function never
+needs to know which search calls it.
+
+Outputs exclude BOS and include EOS; positions after a sequence's EOS are ``pad``
+(``PAD = 0`` of :mod:`attnzoo.transformers_zoo.tasks`). The output width ``n`` is the length
+of the longest returned sequence, at most ``max_len``.
+
+Length penalty (beam search) is the GNMT one (Wu et al. 2016): a finished hypothesis of
+``L`` generated tokens (its EOS included) with summed log-probability ``s`` scores
+``s / ((5 + L) / 6) ** length_penalty``. ``length_penalty = 0`` ranks by ``s`` alone;
+larger values favour longer outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from ..attention.validation import check_positive
+from .tasks.sequences import PAD
+
+State = Any
+StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------
+# State handling
+# ---------------------------------------------------------------------------------------
+
+
+def reorder_state(state: T, index: Tensor) -> T:
+    """Select rows ``index`` along dimension 0 of every tensor in a nested ``state``.
+
+    Tuples (named tuples included), lists, dicts (any ``Mapping`` rebuilt as its own type)
+    and dataclass instances are traversed and rebuilt; a dataclass is rebuilt with
+    :func:`dataclasses.replace`, so an object shared with the caller (e.g. a
+    :class:`~attnzoo.attention.multi_head.KVCache`) is never mutated. Other leaves (None,
+    numbers, strings, 0-dimensional tensors) are returned unchanged.
+
+    Args:
+        state: the nested structure of batch-first tensors ``(N, ...)``.
+        index: ``(M,)`` integer indices into ``N`` (repeats allowed: expanding a batch to
+            its beams is ``index = arange(N).repeat_interleave(beam_width)``).
+
+    Returns:
+        the same structure with every tensor ``(M, ...)``.
+    """
+    if not isinstance(index, Tensor):
+        raise TypeError(f"`index` must be a torch.Tensor, got {type(index).__name__}")
+    if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool:
+        raise ValueError(
+            f"`index` must be a 1-D integer tensor (M,), got shape {tuple(index.shape)} "
+            f"and dtype {index.dtype}"
+        )
+    return _reorder(state, index.long())
+
+
+def _reorder(state: Any, index: Tensor) -> Any:
+    if isinstance(state, Tensor):
+        if state.dim() == 0:
+            return state
+        return state.index_select(0, index.to(state.device))
+    if state is None or isinstance(state, (int, float, bool, str)):
+        return state
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        changes = {
+            f.name: _reorder(getattr(state, f.name), index)
+            for f in dataclasses.fields(state)
+            if f.init
+        }
+        return dataclasses.replace(state, **changes)
+    if isinstance(state, tuple):
+        items = [_reorder(item, index) for item in state]
+        if hasattr(state, "_fields"):  # named tuple
+            return type(state)(*items)
+        return tuple(items)
+    if isinstance(state, list):
+        return [_reorder(item, index) for item in state]
+    if isinstance(state, Mapping):
+        rebuilt = {key: _reorder(value, index) for key, value in state.items()}
+        return rebuilt if type(state) is dict else type(state)(rebuilt)
+    return state
+
+
+def _first_tensor(state: Any) -> Tensor | None:
+    """The first tensor found in a nested state (to place new tensors on its device)."""
+    if isinstance(state, Tensor):
+        return state
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        children: Any = [getattr(state, f.name) for f in dataclasses.fields(state)]
+    elif isinstance(state, (tuple, list)):
+        children = state
+    elif isinstance(state, Mapping):
+        children = list(state.values())
+    else:
+        return None
+    for child in children:
+        found = _first_tensor(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolve_device(state: Any, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    found = _first_tensor(state)
+    return found.device if found is not None else torch.device("cpu")
+
+
+def _check_token(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int token id, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"`{name}` must be a token id >= 0, got {value}")
+    return value
+
+
+def _check_search_args(batch_size: int, bos: int, eos: int, max_len: int, pad: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        raise TypeError(f"`batch_size` must be an int, got {type(batch_size).__name__}")
+    check_positive(batch_size, "batch_size")
+    if not isinstance(max_len, int) or isinstance(max_len, bool):
+        raise TypeError(f"`max_len` must be an int, got {type(max_len).__name__}")
+    check_positive(max_len, "max_len")
+    _check_token(bos, "bos")
+    _check_token(eos, "eos")
+    _check_token(pad, "pad")
+
+
+def _call_step(step: StepFn, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+    """Run ``step`` and check that it returned ``(N, vocab)`` log-probabilities."""
+    out = step(tokens, state)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError("`step` must return a pair (log_probs, new_state)")
+    log_probs, new_state = out
+    if not isinstance(log_probs, Tensor) or log_probs.dim() != 2:
+        shape = tuple(log_probs.shape) if isinstance(log_probs, Tensor) else type(log_probs)
+        raise ValueError(f"`step` must return log_probs of shape (N, vocab), got {shape}")
+    if log_probs.shape[0] != tokens.shape[0]:
+        raise ValueError(
+            f"`step` must return log_probs with N = {tokens.shape[0]} rows (one per running "
+            f"sequence), got shape {tuple(log_probs.shape)}"
+        )
+    return log_probs, new_state
+
+
+def _pack(rows: list[list[int]], pad: int, device: torch.device) -> Tensor:
+    """Token lists -> ``(batch, n)`` int64 padded with ``pad``, ``n`` = longest (>= 1)."""
+    width = max(1, max(len(row) for row in rows))
+    out = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        if row:
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Greedy search
+# ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy_search(
+    step: StepFn,
+    state: State,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_len: int,
+    *,
+    pad: int = PAD,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Pick the most probable token at every step until EOS or ``max_len`` tokens.
+
+    Args:
+        step: ``(prev_tokens (batch,), state) -> (log_probs (batch, vocab), new_state)``.
+        state: initial state, batch-first tensors ``(batch_size, ...)`` (or None).
+        batch_size: number of sequences.
+        bos: first input token.
+        eos: end-of-sequence token; a sequence stops after emitting it.
+        max_len: the most tokens generated per sequence (EOS included).
+        pad: token written after EOS (a finished sequence is fed its EOS once, then
+            ``pad`` while the others run on).
+        device: device of the tokens; default that of the first tensor in ``state``.
+
+    Returns:
+        ``(batch_size, n)`` int64, without BOS, EOS included, ``pad`` after it;
+        ``n <= max_len`` is the longest sequence's length.
+    """
+    _check_search_args(batch_size, bos, eos, max_len, pad)
+    device = _resolve_device(state, device)
+    tokens = torch.full((batch_size,), bos, dtype=torch.long, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    outputs: list[Tensor] = []
+    for _ in range(max_len):
+        log_probs, state = _call_step(step, tokens, state)
+        tokens = log_probs.argmax(dim=-1).to(device)
+        tokens = tokens.masked_fill(finished, pad)
+        outputs.append(tokens)
+        finished = finished | (tokens == eos)
+        if bool(finished.all()):
+            break
+    return torch.stack(outputs, dim=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Beam search
+# ---------------------------------------------------------------------------------------
+
+
+def length_penalty_factor(length: int, length_penalty: float) -> float:
+    """GNMT length normaliser ``((5 + length) / 6) ** length_penalty`` (Wu et al. 2016)."""
+    return ((5.0 + length) / 6.0) ** length_penalty
+
+
+class _Hypotheses:
+    """The best ``beam_width`` finished hypotheses of one batch item."""
+
+    def __init__(self, beam_width: int) -> None:
+        self.beam_width = beam_width
+        self.items: list[tuple[float, list[int]]] = []
+
+    def add(self, score: float, tokens: list[int]) -> None:
+        self.items.append((score, tokens))
+        # Stable sort: among equal scores the earlier (higher-ranked) hypothesis wins.
+        self.items.sort(key=lambda item: -item[0])
+        del self.items[self.beam_width :]
+
+    def full(self) -> bool:
+        return len(self.items) >= self.beam_width
+
+    def worst(self) -> float:
+        return self.items[-1][0] if self.items else -math.inf
+
+    def best(self) -> tuple[float, list[int]]:
+        return self.items[0]
+
+
+def _best_open_bound(open_sum: float, length: int, max_len: int, length_penalty: float) -> float:
+    """Upper bound on the penalised score any continuation of an open beam can reach.
+
+    The open beam has ``length`` tokens and summed log-probability ``open_sum <= 0``; a
+    continuation ends with ``L`` tokens, ``length < L <= max_len``, and a sum ``<= open_sum``.
+    A negative sum divided by a larger normaliser is larger, so the bound sits at the
+    length with the largest normaliser: ``max_len`` for a positive penalty, the next step
+    for a negative one, either for zero.
+    """
+    if open_sum == -math.inf:
+        return -math.inf
+    best_len = max_len if length_penalty > 0 else min(length + 1, max_len)
+    return open_sum / length_penalty_factor(best_len, length_penalty)
+
+
+@torch.no_grad()
+def beam_search(
+    step: StepFn,
+    state: State,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_len: int,
+    beam_width: int,
+    length_penalty: float = 1.0,
+    *,
+    pad: int = PAD,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Beam search with finished-hypothesis bookkeeping and the GNMT length penalty.
+
+    At every step each of the ``beam_width`` open beams of a batch item is extended by
+    every token; of the ``2 * beam_width`` best extensions, those ending in EOS (from the
+    top ``beam_width`` ranks) become finished hypotheses and the best ``beam_width`` others
+    stay open. A batch item is done once it holds ``beam_width`` finished hypotheses, the
+    worst of which scores at least as well as any continuation of its open beams could
+    (an exact bound, see the module docstring for the penalty); the search stops when every
+    item is done or after ``max_len`` tokens, when the open beams count as finished.
+
+    Args:
+        step: ``(prev_tokens (batch*beam,), state) -> (log_probs (batch*beam, vocab),
+            new_state)``; beams of item ``b`` are rows ``b*beam_width ... b*beam_width +
+            beam_width - 1``.
+        state: initial state for ``batch_size`` items, batch-first tensors
+            ``(batch_size, ...)`` (or None); it is expanded to ``batch_size * beam_width``
+            rows with :func:`reorder_state` (the caller's objects are not mutated).
+        batch_size: number of sequences.
+        bos: first input token.
+        eos: end-of-sequence token.
+        max_len: the most tokens generated per hypothesis (EOS included).
+        beam_width: open beams per batch item (1 = greedy when ``length_penalty = 0``).
+        length_penalty: GNMT exponent, score ``= sum log p / ((5 + L) / 6) ** lp`` with
+            ``L`` the generated length including EOS.
+        pad: token written after EOS (done items are fed ``pad`` until the search stops).
+        device: device of the tokens; default that of the first tensor in ``state``.
+
+    Returns:
+        ``tokens`` ``(batch_size, n)`` int64: the best hypothesis of each item, without
+        BOS, EOS included, ``pad`` after it, ``n <= max_len``; and ``scores``
+        ``(batch_size,)`` float32: their length-penalised log-probabilities.
+    """
+    _check_search_args(batch_size, bos, eos, max_len, pad)
+    if not isinstance(beam_width, int) or isinstance(beam_width, bool):
+        raise TypeError(f"`beam_width` must be an int, got {type(beam_width).__name__}")
+    check_positive(beam_width, "beam_width")
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"`length_penalty` must be finite, got {length_penalty}")
+    device = _resolve_device(state, device)
+    k = beam_width
+    n_rows = batch_size * k
+
+    state = reorder_state(state, torch.arange(batch_size, device=device).repeat_interleave(k))
+    tokens = torch.full((n_rows,), bos, dtype=torch.long, device=device)
+    # Summed log-probabilities of the open beams. Only beam 0 starts live: the others
+    # would duplicate it.
+    beam_sums = torch.full((batch_size, k), -math.inf, dtype=torch.float64, device=device)
+    beam_sums[:, 0] = 0.0
+    histories: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(batch_size)]
+    hypotheses = [_Hypotheses(k) for _ in range(batch_size)]
+    done = [False] * batch_size
+
+    for length in range(1, max_len + 1):
+        log_probs, state = _call_step(step, tokens, state)
+        vocab = log_probs.shape[-1]
+        candidates = beam_sums[..., None] + log_probs.to(device, torch.float64).view(
+            batch_size, k, vocab
+        )
+        n_top = min(2 * k, k * vocab)
+        top_sums, top_flat = candidates.view(batch_size, k * vocab).topk(n_top, dim=-1)
+        top_sums_list, top_flat_list = top_sums.tolist(), top_flat.tolist()
+
+        # Built as Python lists (per-element tensor writes are slow), one row per item.
+        next_sums = [[-math.inf] * k for _ in range(batch_size)]
+        next_tokens = [[pad] * k for _ in range(batch_size)]
+        # A row that holds no beam (a done item, a dead slot) keeps its own state row.
+        next_source = [list(range(b * k, (b + 1) * k)) for b in range(batch_size)]
+        next_histories: list[list[list[int]]] = []
+        for b in range(batch_size):
+            if done[b]:
+                next_histories.append(histories[b])
+                continue
+            new_histories: list[list[int]] = []
+            for rank, (total, flat) in enumerate(
+                zip(top_sums_list[b], top_flat_list[b], strict=True)
+            ):
+                if total == -math.inf or len(new_histories) == k:
+                    break
+                source, token = divmod(flat, vocab)
+                if token == eos:
+                    # An EOS below the top k ranks would displace a better open beam.
+                    if rank < k:
+                        score = total / length_penalty_factor(length, length_penalty)
+                        hypotheses[b].add(score, [*histories[b][source], eos])
+                    continue
+                slot = len(new_histories)
+                next_sums[b][slot] = total
+                next_tokens[b][slot] = token
+                next_source[b][slot] = b * k + source
+                new_histories.append([*histories[b][source], token])
+            while len(new_histories) < k:
+                new_histories.append([])
+            next_histories.append(new_histories)
+            best_open = max(next_sums[b])
+            if best_open == -math.inf:
+                done[b] = True  # nothing left to extend
+            elif hypotheses[b].full():
+                bound = _best_open_bound(best_open, length, max_len, length_penalty)
+                done[b] = hypotheses[b].worst() >= bound
+            if done[b]:
+                next_sums[b] = [-math.inf] * k
+                next_tokens[b] = [pad] * k
+                next_source[b] = list(range(b * k, (b + 1) * k))
+        histories = next_histories
+        if all(done):
+            break
+        beam_sums = torch.tensor(next_sums, dtype=torch.float64, device=device)
+        tokens = torch.tensor(next_tokens, dtype=torch.long, device=device).view(-1)
+        state = reorder_state(state, torch.tensor(next_source, device=device).view(-1))
+
+    if not all(done):
+        # Out of length: the open beams end here without EOS.
+        for b in range(batch_size):
+            if done[b]:
+                continue
+            for slot in range(k):
+                total = float(beam_sums[b, slot])
+                if total > -math.inf:
+                    score = total / length_penalty_factor(max_len, length_penalty)
+                    hypotheses[b].add(score, histories[b][slot])
+
+    best_scores, best_tokens = [], []
+    for b in range(batch_size):
+        if hypotheses[b].items:
+            score, seq = hypotheses[b].best()
+        else:  # every continuation had probability zero
+            score, seq = -math.inf, []
+        best_scores.append(score)
+        best_tokens.append(seq)
+    return _pack(best_tokens, pad, device), torch.tensor(best_scores, device=device)
+
+
+__all__ = [
+    "beam_search",
+    "greedy_search",
+    "length_penalty_factor",
+    "reorder_state",
+]
