@@ -24,10 +24,11 @@ autograd Functions; they are differentiable once (no double backward).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from .validation import check_int, check_tensor
 
@@ -188,7 +189,7 @@ class SparsemaxFunction(torch.autograd.Function):
     """sparsemax along the last axis; backward: ``g - mean(g over support)`` on the support."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         z, empty = _shift(x)
         z = z.clamp(min=_FLOOR)
         p = (z - _sparsemax_threshold(z)).clamp(min=0).masked_fill(empty, 0.0)
@@ -197,7 +198,7 @@ class SparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         (p,) = ctx.saved_tensors
         support = p > 0
         grad = grad.masked_fill(~support, 0.0)
@@ -241,7 +242,7 @@ class Entmax15Function(torch.autograd.Function):
     """1.5-entmax along the last axis; backward with ``1 / g''(p) = sqrt(p)``."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         z, empty = _shift(x)
         # 1.5-entmax is p = [z / 2 - tau]_+ ** 2 (alpha - 1 = 1/2 scales the scores).
         z = (z / 2).clamp(min=_FLOOR)
@@ -251,7 +252,7 @@ class Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         (p,) = ctx.saved_tensors
         gppr = p.sqrt()
         return _entmax_input_grad(grad, gppr)
@@ -312,7 +313,7 @@ class EntmaxBisectFunction(torch.autograd.Function):
     """alpha-entmax along the last axis by bisection, differentiable in ``x`` and ``alpha``."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, alpha: Tensor, n_iter: int) -> Tensor:
+    def forward(ctx: Any, x: Tensor, alpha: Tensor, n_iter: int) -> Tensor:
         z, empty = _shift(x)
         z = (z * (alpha - 1)).clamp(min=_FLOOR)
         p = _entmax_power(z - _bisect_threshold(z, alpha, n_iter), alpha)
@@ -324,7 +325,7 @@ class EntmaxBisectFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None, None]:
         p, alpha = ctx.saved_tensors
         support = p > 0
         tiny = torch.finfo(p.dtype).tiny

@@ -20,7 +20,7 @@ gets zero weights, a zero context, ``log_prob = 0`` and ``index = -1``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,8 @@ from .validation import check_positive, check_tensor
 ESTIMATORS = ("reinforce", "gumbel")
 
 
-class HardAttentionOutput(NamedTuple):
+@dataclass
+class HardAttentionOutput:
     """What :class:`HardAttention` returns; ``[n_q]`` is present for a 3-D query.
 
     Attributes:

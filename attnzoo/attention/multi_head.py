@@ -170,9 +170,9 @@ class MultiHeadAttention(nn.Module):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if return_weights else (result, None)
+        out, weights = result if isinstance(result, tuple) else (result, None)
         out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        return (out, weights) if return_weights else out
+        return (out, weights) if weights is not None else out
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)``."""

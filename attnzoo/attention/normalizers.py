@@ -33,7 +33,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 class Normalizer(Protocol):
     """``(scores, dim=-1) -> weights`` of the same shape and dtype as ``scores``."""
 
-    def __call__(self, scores: Tensor, dim: int = -1) -> Tensor: ...
+    def __call__(self, scores: Tensor, /, dim: int = -1) -> Tensor: ...
 
 
 NormalizerFactory = Callable[..., Normalizer]
