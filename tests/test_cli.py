@@ -38,3 +38,30 @@ def test_plot_normalizers_writes_a_png(tmp_path) -> None:
 def test_unknown_command_exits_with_usage() -> None:
     with pytest.raises(SystemExit):
         main(["no-such-command"])
+
+
+def test_demo_list_names_every_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    from attnzoo.cli import DEMOS
+
+    assert main(["demo", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in DEMOS:
+        assert name in out
+
+
+def test_every_demo_is_a_function_with_the_demo_signature() -> None:
+    import importlib
+    import inspect
+
+    from attnzoo.cli import DEMOS
+
+    for module_name, function_name, _ in DEMOS.values():
+        module = importlib.import_module(f"attnzoo.transformers_zoo.{module_name}")
+        params = inspect.signature(getattr(module, function_name)).parameters
+        assert {"steps", "progress", "seed"} <= set(params), function_name
+
+
+def test_demo_runs_and_prints_its_metrics(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "pointer", "--steps", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out
