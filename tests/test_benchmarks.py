@@ -1,0 +1,177 @@
+"""Smoke tests of the benchmark suite: every suite once at toy size, and the harness.
+
+Timings are never asserted: they depend on the machine. What is asserted is that every
+case runs, the reports are written, and ours agrees with its baseline (the correctness
+column), so that a broken kernel or a broken comparison fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cli import main, run
+from benchmarks.harness import Case, Context, Setup, Suite, max_abs_diff, run_case
+from benchmarks.report import suite_table, write_plots
+from benchmarks.suites import SUITES, load
+
+# float32 at toy sizes: every kernel agrees with its baseline to rounding error.
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("bench")
+    # Plots are left to their own test, on one suite: drawing all of them takes seconds.
+    rows = run(device="cpu", profile="tiny", out=out, progress=False, plots=False, echo=False)
+    return out, rows
+
+
+def test_every_suite_runs_without_error(tiny_run: tuple[Path, list]) -> None:
+    _, rows = tiny_run
+    assert {r.suite for r in rows} == set(SUITES)
+    for r in rows:
+        assert r.error is None, f"{r.suite}/{r.case}/{r.mode}: {r.error}"
+        assert r.ours_ms is not None and r.ours_ms > 0
+        assert r.baseline_ms is not None and r.baseline_ms > 0
+        assert r.ratio == pytest.approx(r.ours_ms / r.baseline_ms)
+        # No allocator statistics on CPU.
+        assert r.ours_peak_mib is None and r.baseline_peak_mib is None
+    for suite in SUITES:
+        modes = {r.mode for r in rows if r.suite == suite}
+        assert modes == {"fwd", "fwd+bwd"}, suite
+
+
+def test_ours_matches_the_baseline(tiny_run: tuple[Path, list]) -> None:
+    _, rows = tiny_run
+    for r in rows:
+        # Every row is checked against something (pkm: a brute-force read of the memory).
+        assert r.max_abs_diff is not None, f"{r.suite}/{r.case}/{r.mode}"
+        assert r.max_abs_diff < TOLERANCE, f"{r.suite}/{r.case}/{r.mode}: {r.max_abs_diff}"
+        assert not r.suspect
+
+
+def test_reports_are_written(tiny_run: tuple[Path, list]) -> None:
+    out, rows = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    machine = data["machine"]
+    for key in ("platform", "cpu", "torch", "cuda_device", "dtype", "device"):
+        assert key in machine
+    assert machine["dtype"] == "float32" and machine["device"] == "cpu"
+    assert set(data["suites"]) == set(SUITES)
+    assert len(data["rows"]) == len(rows)
+    first = data["rows"][0]
+    for key in ("ours_ms", "baseline_ms", "ratio", "max_abs_diff", "n", "mode"):
+        assert key in first
+
+    text = (out / "results.md").read_text()
+    assert "ours / baseline (lower is better)" in text
+    for suite in SUITES:
+        assert f"### `{suite}`" in text
+    # One table line per row.
+    assert sum(line.startswith("| ") and "| fwd" in line for line in text.splitlines()) == len(rows)
+
+
+def test_plots_are_written_when_matplotlib_is_installed(
+    tiny_run: tuple[Path, list], tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    _, rows = tiny_run
+    suite = load("sliding_window")
+    written = write_plots(tmp_path, [suite], rows)
+    assert written == [tmp_path / "sliding_window_time.png"]
+    assert written[0].stat().st_size > 0
+    # Memory is only measured on CUDA: no memory plot from a CPU run.
+    assert not list(tmp_path.glob("*_memory.png"))
+
+
+def test_memory_columns_and_plot_from_cuda_figures(
+    tiny_run: tuple[Path, list], tmp_path: Path
+) -> None:
+    """The CUDA-only outputs, fed with made-up peak memory so that they run on any machine."""
+    _, rows = tiny_run
+    suite = load("additive")
+    fake = [dataclasses.replace(r, ours_peak_mib=1.0, baseline_peak_mib=4.0) for r in rows]
+    fake = [r for r in fake if r.suite == "additive"]
+    table = suite_table(suite, fake, with_memory=True)
+    assert "baseline peak (MiB)" in table and "0.25×" in table
+    if importlib.util.find_spec("matplotlib") is not None:
+        written = write_plots(tmp_path, [suite], fake)
+        assert written is not None and tmp_path / "additive_memory.png" in written
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--tiny", "--only", "entmax", "--device", "cpu", "--out", str(tmp_path)]
+    code = main([*args, "--no-plots", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "### `entmax`" in printed and "### `attend`" not in printed
+    assert (tmp_path / "results.json").exists()
+
+
+def test_unknown_suite_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--only", "nonexistent"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_wrong_kernel_shows_in_the_correctness_column() -> None:
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, profile="tiny")
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def build() -> Setup:
+        # "Ours" is off by 0.5 in value, and by 0.5 * grad_out in gradient (the added
+        # term is zero in value but has gradient 0.5).
+        return Setup(
+            ours=lambda: torch.softmax(x, dim=-1) + 0.5 + 0.5 * (x - x.detach()),
+            baseline=lambda: torch.softmax(x, dim=-1),
+            inputs=(x,),
+        )
+
+    rows = run_case(Case(suite="test", name="wrong", n=8, build=build), ctx)
+    fwd, bwd = rows
+    assert fwd.max_abs_diff == pytest.approx(0.5)
+    assert bwd.max_abs_diff is not None and bwd.max_abs_diff > 0.1
+    assert fwd.suspect and bwd.suspect
+    assert "⚠" in suite_table(Suite("test", "t", "n", lambda ctx: []), rows, with_memory=False)
+
+
+def test_a_failing_side_is_reported_not_raised() -> None:
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, profile="tiny")
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def broken() -> torch.Tensor:
+        raise RuntimeError("out of something")
+
+    def build() -> Setup:
+        return Setup(ours=lambda: x * 2, baseline=broken, inputs=(x,))
+
+    (row,) = run_case(Case(suite="test", name="broken", n=8, build=build, backward=False), ctx)
+    assert row.ours_ms is not None and row.baseline_ms is None and row.ratio is None
+    assert row.error is not None and "out of something" in row.error
+
+
+def test_max_abs_diff_never_looks_correct_on_bad_output() -> None:
+    a = torch.zeros(3)
+    assert max_abs_diff(a, torch.full((3,), 0.25)) == pytest.approx(0.25)
+    assert max_abs_diff(a, torch.zeros(4)) == math.inf
+    assert max_abs_diff(a, torch.tensor([0.0, math.nan, 0.0])) == math.inf
+    assert max_abs_diff([a, None], [a, None]) == 0.0
+    assert max_abs_diff([a, None], [a, a]) == math.inf
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_suite_runs_on_cuda_with_memory(tmp_path: Path) -> None:
+    rows = run(device="cuda", profile="tiny", out=tmp_path, progress=False, plots=False, echo=False)
+    for r in rows:
+        assert r.error is None, f"{r.suite}/{r.case}/{r.mode}: {r.error}"
+        assert r.ours_peak_mib is not None and r.baseline_peak_mib is not None
+        if r.max_abs_diff is not None:
+            assert r.max_abs_diff < TOLERANCE, f"{r.suite}/{r.case}/{r.mode}: {r.max_abs_diff}"
