@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .entmax import check_alpha, check_n_iter, entmax15, entmax_bisect, sparsemax
 from .validation import check_bool_mask, check_broadcastable_to, check_positive, check_tensor
@@ -124,20 +125,52 @@ def _all_masked(x: Tensor, dim: int) -> Tensor:
     return torch.isneginf(x).all(dim=dim, keepdim=True)
 
 
+class SoftmaxFunction(torch.autograd.Function):
+    """Softmax that gives an all ``-inf`` slice zeros and zero gradient, at softmax's cost.
+
+    Forward: one max-reduction to find the empty slices, then PyTorch's fused softmax
+    (on the input raised to the lowest finite value, when some slice is empty).
+    Backward: PyTorch's fused softmax backward on the saved weights; an empty slice's
+    weights are 0, so its gradient is exactly 0.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dim: int) -> Tensor:
+        keep = ~torch.isneginf(x.amax(dim=dim, keepdim=True))
+        compute = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
+        if x.device.type == "cpu" and bool(keep.all()):
+            # Nothing to guard (the check is free on the CPU; on a GPU it would cost a
+            # synchronisation, so there the guarded path always runs).
+            p = torch.softmax(x, dim=dim, dtype=compute)
+        else:
+            # Raising -inf to the lowest finite value keeps an empty slice finite (uniform
+            # weights, zeroed by `keep`); in every other slice exp(lowest - max) underflows
+            # to exactly 0, as exp(-inf) does.
+            z = x.clamp_min(torch.finfo(x.dtype).min)
+            p = torch.softmax(z, dim=dim, dtype=compute).mul_(keep)
+        ctx.save_for_backward(p)
+        ctx.dim, ctx.input_dtype = dim, x.dtype
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (p,) = ctx.saved_tensors
+        grad_x = torch.ops.aten._softmax_backward_data(grad.to(p.dtype), p, ctx.dim, p.dtype)
+        return grad_x.to(ctx.input_dtype), None
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """Softmax with the library's guarantees: an all ``-inf`` slice gives zeros, not NaN.
+
+    float16/bfloat16 scores are normalised in float32.
 
     Args:
         x: scores of any shape; ``dim`` is normalised.
     Returns:
         weights, same shape and dtype as ``x``.
     """
-    z = _upcast(x)
-    empty = _all_masked(z, dim)
-    # A row of -inf would give 0/0; give it finite scores, then zero its output, so
-    # that neither the value nor the gradient carries NaN.
-    p = torch.softmax(z.masked_fill(empty, 0.0), dim=dim).masked_fill(empty, 0.0)
-    return p.to(x.dtype)
+    return SoftmaxFunction.apply(x, dim).to(x.dtype)
 
 
 def hardmax(x: Tensor, dim: int = -1, straight_through: bool = False) -> Tensor:
