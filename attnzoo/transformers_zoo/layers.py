@@ -1,0 +1,406 @@
+"""Transformer encoder and decoder layers: one configurable block family.
+
+A layer is residual sub-layers, each wrapped in LayerNorm and dropout, in one of the two
+arrangements (``norm_first``):
+
+* post-LN (Vaswani et al. 2017; ``norm_first=False``): ``x = norm(x + dropout(f(x)))``;
+* pre-LN (Xiong et al. 2020; ``norm_first=True``): ``x = x + dropout(f(norm(x)))``, with
+  one final LayerNorm after the last layer (the stacks add it).
+
+:class:`EncoderLayer` is self-attention then feed-forward; :class:`DecoderLayer` is causal
+self-attention, cross-attention to the encoder output (``context``), then feed-forward. With
+dropout 0 they compute what :class:`torch.nn.TransformerEncoderLayer` and
+:class:`torch.nn.TransformerDecoderLayer` (``batch_first=True``) compute.
+
+What varies per layer:
+
+* the attention normaliser: ``normalizer="softmax" | "sparsemax" | "entmax15" | "entmax"``
+  (fixed ``alpha``, or ``learn_alpha=True`` for one learned alpha per head: the adaptively
+  sparse transformer of Correia et al. 2019), applied to every attention of the layer;
+* ``window=(before, after)`` (encoder only): banded self-attention,
+  :class:`~attnzoo.attention.sliding_window.SlidingWindowAttention`, instead of dense;
+* ``memory={...}``: a product-key memory
+  (:class:`~attnzoo.attention.product_key.ProductKeyMemory`, Lample et al. 2019) in place of
+  the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``.
+
+Masks follow the library convention (boolean, True = real token / may attend): a
+key-padding ``mask`` ``(batch, n)`` (or, for dense attention, a rank-4 mask broadcastable
+to ``(batch, heads, n_q, n_k)``); the decoder adds its causal mask itself and takes the
+encoder's key-padding mask as ``context_mask``.
+
+Parameter names, with the Hugging Face BERT key map (per layer, ``encoder.layer.{i}.``
+prefix dropped; the decoder's ``crossattention.*`` maps like ``attention.*``)::
+
+    attention.self.{query,key,value}  -> attention.{query,key,value}
+    attention.output.dense            -> attention.out
+    attention.output.LayerNorm        -> attention_norm
+    intermediate.dense                -> ffn.intermediate
+    output.dense                      -> ffn.output
+    output.LayerNorm                  -> ffn_norm
+
+The decoder's are ``self_attention``, ``self_attention_norm``, ``cross_attention``,
+``cross_attention_norm``, ``ffn``, ``ffn_norm``. From PyTorch's layers: ``self_attn``
+(split ``in_proj_weight`` into query/key/value) -> ``attention``/``self_attention``,
+``multihead_attn`` -> ``cross_attention``, ``linear1``/``linear2`` ->
+``ffn.intermediate``/``ffn.output``, ``norm1, norm2, norm3`` -> the norms in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..attention.multi_head import KVCache, MultiHeadAttention
+from ..attention.product_key import ProductKeyMemory
+from ..attention.sliding_window import SlidingWindowAttention
+from ..attention.validation import check_int, check_probability, check_rank, check_size
+from .feed_forward import FeedForward
+
+
+@dataclass
+class LayerCache:
+    """Decoding caches of one :class:`DecoderLayer`: its self- and cross-attention keys and
+    values (``(batch, heads, n, dim_head)`` each, see
+    :class:`~attnzoo.attention.multi_head.KVCache`). Batch-first, so beam search can
+    reorder it."""
+
+    self_attention: KVCache = field(default_factory=KVCache)
+    cross_attention: KVCache = field(default_factory=KVCache)
+
+
+class _Block(nn.Module):
+    """What encoder and decoder layers share: the residual wrapper and the FFN/memory."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int | None,
+        activation: str,
+        dropout: float,
+        attention_dropout: float | None,
+        norm_first: bool,
+        layer_norm_eps: float,
+        bias: bool,
+        memory: Mapping[str, Any] | None,
+    ) -> None:
+        super().__init__()
+        check_int(dim, "dim")
+        check_int(heads, "heads")
+        check_probability(dropout, "dropout")
+        if attention_dropout is not None:
+            check_probability(attention_dropout, "attention_dropout")
+        if not isinstance(norm_first, bool):
+            raise TypeError(f"`norm_first` must be a bool, got {type(norm_first).__name__}")
+        self.dim, self.norm_first = dim, norm_first
+        self.attention_dropout = dropout if attention_dropout is None else attention_dropout
+        self.layer_norm_eps, self.bias = layer_norm_eps, bias
+        self.ffn: FeedForward | ProductKeyMemory
+        if memory is None:
+            self.ffn = FeedForward(dim, ffn_dim, activation, dropout, bias)
+        else:
+            if not isinstance(memory, Mapping):
+                raise TypeError(
+                    "`memory` must be a dict of ProductKeyMemory options (or None), "
+                    f"got {type(memory).__name__}"
+                )
+            self.ffn = ProductKeyMemory(dim, **memory)
+        self.ffn_norm = self._norm()
+        self.dropout = nn.Dropout(dropout)
+
+    def _norm(self) -> nn.LayerNorm:
+        return nn.LayerNorm(self.dim, eps=self.layer_norm_eps, bias=self.bias)
+
+    def _pre(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """The input of a sub-layer: normalised first in pre-LN."""
+        return norm(x) if self.norm_first else x
+
+    def _post(self, x: Tensor, out: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """Add a sub-layer's output to the residual stream; normalise the sum in post-LN."""
+        x = x + self.dropout(out)
+        return x if self.norm_first else norm(x)
+
+    def _feed_forward(self, x: Tensor, padding: Tensor | None) -> Tensor:
+        """The feed-forward (or memory) sub-layer as a residual branch."""
+        h = self._pre(x, self.ffn_norm)
+        # A memory reads real tokens only (padding stays out of its batch norm).
+        out = self.ffn(h, mask=padding) if isinstance(self.ffn, ProductKeyMemory) else self.ffn(h)
+        return self._post(x, out, self.ffn_norm)  # type: ignore[arg-type]
+
+    @property
+    def has_memory(self) -> bool:
+        """Whether the feed-forward sub-layer is a product-key memory."""
+        return isinstance(self.ffn, ProductKeyMemory)
+
+
+class EncoderLayer(_Block):
+    """Self-attention and feed-forward sub-layers with residuals and LayerNorm.
+
+    Args:
+        dim: model width.
+        heads: attention heads.
+        ffn_dim: feed-forward hidden width; default ``4 * dim``.
+        activation: feed-forward activation (see :class:`FeedForward`); ``"relu"`` as in
+            Vaswani et al. 2017 and PyTorch.
+        dropout: residual and feed-forward dropout, in [0, 1).
+        attention_dropout: dropout on the attention weights; default ``dropout`` (as
+            PyTorch's layers).
+        norm_first: pre-LN (True) or post-LN (False).
+        layer_norm_eps: LayerNorm epsilon.
+        bias: biases in the linear maps and LayerNorms.
+        normalizer: attention normaliser (registry name), see the module docstring.
+        alpha: fixed entmax alpha, or the initial learned one with ``learn_alpha``.
+        learn_alpha: one learned entmax alpha per head (``normalizer="entmax"``).
+        window: ``(before, after)``: banded attention, query ``i`` sees keys
+            ``i - before .. i + after``; None = dense.
+        memory: keyword arguments of :class:`ProductKeyMemory` (besides ``dim``) to use a
+            memory instead of the feed-forward network; None = feed-forward.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int | None = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        attention_dropout: float | None = None,
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        normalizer: str = "softmax",
+        alpha: float | None = None,
+        learn_alpha: bool = False,
+        window: tuple[int, int] | None = None,
+        memory: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            dim,
+            heads,
+            ffn_dim,
+            activation,
+            dropout,
+            attention_dropout,
+            norm_first,
+            layer_norm_eps,
+            bias,
+            memory,
+        )
+        self.attention: MultiHeadAttention | SlidingWindowAttention
+        if window is None:
+            self.attention = MultiHeadAttention(
+                dim,
+                heads,
+                normalizer=normalizer,
+                learn_alpha=learn_alpha,
+                dropout=self.attention_dropout,
+                bias=bias,
+                alpha=alpha,
+            )
+        else:
+            before, after = check_window(window)
+            if learn_alpha:
+                raise ValueError(
+                    "`learn_alpha=True` is not available with `window` (sliding-window "
+                    "attention takes a fixed alpha)"
+                )
+            self.attention = SlidingWindowAttention(
+                dim,
+                heads,
+                before,
+                after,
+                normalizer=normalizer,
+                dropout=self.attention_dropout,
+                bias=bias,
+                alpha=alpha,
+            )
+        self.attention_norm = self._norm()
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """``(before, after)`` of a sliding-window layer, None for dense attention."""
+        if isinstance(self.attention, SlidingWindowAttention):
+            return self.attention.before, self.attention.after
+        return None
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, output_attentions: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Encode ``x``.
+
+        Args:
+            x: ``(batch, n, dim)``.
+            mask: key-padding mask ``(batch, n)``, True = real token; dense layers also take
+                a rank-4 boolean mask broadcastable to ``(batch, heads, n, n)`` (a memory
+                sub-layer then reads every position, as it cannot tell padding apart).
+            output_attentions: also return the attention weights.
+
+        Returns:
+            ``(batch, n, dim)``, or ``(out, weights)`` with weights ``(batch, heads, n, n)``
+            (dense) or the band ``(batch, heads, n, before + after + 1)`` of a
+            sliding-window layer (layout of
+            :func:`~attnzoo.attention.sliding_window.sliding_window_attention`).
+        """
+        check_rank(x, 3, "x", "(batch, n, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        if mask is not None and mask.dim() != 2 and self.window is not None:
+            raise ValueError(
+                "`mask` of a sliding-window layer must be a key-padding mask (batch, n), "
+                f"got shape {tuple(mask.shape)}"
+            )
+        padding = mask if mask is not None and mask.dim() == 2 else None
+        h = self._pre(x, self.attention_norm)
+        out, weights = _split(self.attention(h, mask=mask, return_weights=output_attentions))
+        x = self._post(x, out, self.attention_norm)
+        x = self._feed_forward(x, padding)
+        if weights is None:
+            return x
+        return x, weights
+
+
+class DecoderLayer(_Block):
+    """Causal self-attention, cross-attention and feed-forward sub-layers.
+
+    Args:
+        dim, heads, ffn_dim, activation, dropout, attention_dropout, norm_first,
+        layer_norm_eps, bias, normalizer, alpha, learn_alpha, memory: as for
+            :class:`EncoderLayer` (the normaliser applies to both attentions).
+        context_dim: width of the encoder output; default ``dim``.
+        cross_attention: include the cross-attention sub-layer (False gives a decoder-only
+            layer, GPT-style, that takes no ``context``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int | None = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        attention_dropout: float | None = None,
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        normalizer: str = "softmax",
+        alpha: float | None = None,
+        learn_alpha: bool = False,
+        memory: Mapping[str, Any] | None = None,
+        context_dim: int | None = None,
+        cross_attention: bool = True,
+    ) -> None:
+        super().__init__(
+            dim,
+            heads,
+            ffn_dim,
+            activation,
+            dropout,
+            attention_dropout,
+            norm_first,
+            layer_norm_eps,
+            bias,
+            memory,
+        )
+        options: dict[str, Any] = {
+            "normalizer": normalizer,
+            "learn_alpha": learn_alpha,
+            "dropout": self.attention_dropout,
+            "bias": bias,
+            "alpha": alpha,
+        }
+        self.self_attention = MultiHeadAttention(dim, heads, causal=True, **options)
+        self.self_attention_norm = self._norm()
+        self.cross_attention: MultiHeadAttention | None = None
+        self.cross_attention_norm: nn.LayerNorm | None = None
+        if cross_attention:
+            self.cross_attention = MultiHeadAttention(dim, heads, kv_dim=context_dim, **options)
+            self.cross_attention_norm = self._norm()
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: LayerCache | None = None,
+        output_attentions: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor | None]:
+        """Decode ``x`` attending to its own past and to ``context``.
+
+        Args:
+            x: ``(batch, n, dim)``: the target positions (with a cache, the new ones only).
+            context: encoder output ``(batch, n_c, context_dim)``; required with
+                cross-attention (with a filled cache only its batch size is used).
+            mask: self-attention key-padding mask ``(batch, n_k)``, True = real token, over
+                all ``n_k = n_cached + n`` positions; or a rank-4 mask broadcastable to
+                ``(batch, heads, n, n_k)``. The causal mask is always applied on top.
+            context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
+            cache: a :class:`LayerCache`, updated in place: the new positions' keys and
+                values are appended, the context's are computed once.
+            output_attentions: also return the weights.
+
+        Returns:
+            ``(batch, n, dim)``, or ``(out, self_weights, cross_weights)`` with
+            ``self_weights`` ``(batch, heads, n, n_k)`` and ``cross_weights``
+            ``(batch, heads, n, n_c)`` (None without cross-attention).
+        """
+        check_rank(x, 3, "x", "(batch, n, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        if self.cross_attention is None and context is not None:
+            raise ValueError("`context` given, but the layer has no cross-attention")
+        if self.cross_attention is not None and context is None:
+            raise ValueError(
+                "`context` (batch, n_c, context_dim) is required: the layer has cross-attention"
+            )
+        n = x.shape[1]
+        padding = mask[:, -n:] if mask is not None and mask.dim() == 2 else None
+        h = self._pre(x, self.self_attention_norm)
+        out, self_weights = _split(
+            self.self_attention(
+                h,
+                mask=mask,
+                cache=cache.self_attention if cache is not None else None,
+                return_weights=output_attentions,
+            )
+        )
+        x = self._post(x, out, self.self_attention_norm)
+        cross_weights = None
+        if self.cross_attention is not None and self.cross_attention_norm is not None:
+            h = self._pre(x, self.cross_attention_norm)
+            out, cross_weights = _split(
+                self.cross_attention(
+                    h,
+                    context=context,
+                    mask=context_mask,
+                    cache=cache.cross_attention if cache is not None else None,
+                    return_weights=output_attentions,
+                )
+            )
+            x = self._post(x, out, self.cross_attention_norm)
+        x = self._feed_forward(x, padding)
+        if self_weights is None:
+            return x
+        return x, self_weights, cross_weights
+
+
+def _split(result: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """An attention module's ``out`` or ``(out, weights)`` as ``(out, weights or None)``."""
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def check_window(window: object) -> tuple[int, int]:
+    """Return ``window`` as ``(before, after)`` ints >= 0, else raise naming ``window``."""
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"`window` must be a pair (before, after) of ints >= 0, got {window!r}")
+    before, after = window
+    for value in (before, after):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"`window` must be a pair (before, after) of ints >= 0, got {window!r}"
+            )
+    return before, after
+
+
+__all__ = ["DecoderLayer", "EncoderLayer", "LayerCache", "check_window"]

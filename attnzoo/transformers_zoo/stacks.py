@@ -1,0 +1,419 @@
+"""Encoder and decoder stacks built from a config, with per-layer overrides.
+
+A :class:`StackConfig` gives the shared shape of the stack (width, heads, depth,
+feed-forward, dropout, pre-/post-LN) and a :class:`LayerConfig` for what may vary by layer:
+the attention normaliser (softmax, sparsemax, entmax15, entmax with a fixed or learned
+per-head alpha), sliding-window attention, and a product-key memory in place of the
+feed-forward network. ``layer`` applies to every layer and ``overrides`` replaces it at
+chosen indices, e.g. a memory at layer 2 and banded attention below it::
+
+    StackConfig(
+        dim=256, heads=4, depth=4,
+        layer=LayerConfig(window=(16, 16)),
+        overrides={2: LayerConfig(memory=MemoryConfig(n_keys=64))},
+    )
+
+(an override replaces the whole :class:`LayerConfig` of its layer, so layer 2 above is
+dense). :class:`TransformerEncoder` and :class:`TransformerDecoder` apply the layers in
+order, then, for pre-LN stacks, one final LayerNorm (``norm``), and return a
+:class:`StackOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.entmax import MIN_ALPHA, EntmaxAlpha
+from ..attention.normalizers import available_normalizers
+from ..attention.product_key import QUERY_NORMS
+from ..attention.validation import check_int, check_probability, check_rank, check_size
+from .feed_forward import ACTIVATIONS
+from .layers import DecoderLayer, EncoderLayer, LayerCache, check_window
+
+
+@dataclass
+class MemoryConfig:
+    """Product-key memory options (:class:`~attnzoo.attention.product_key.ProductKeyMemory`).
+
+    Attributes:
+        n_keys: sub-keys per half; the memory has ``n_keys ** 2`` slots.
+        heads: memory read heads.
+        k_dim: query/key width per head (even).
+        topk: slots read per head (``<= n_keys``).
+        query_norm: ``"batchnorm"`` (the paper's), ``"layernorm"`` or None.
+        input_dropout, query_dropout, value_dropout: the memory's dropout rates.
+    """
+
+    n_keys: int = 128
+    heads: int = 4
+    k_dim: int = 128
+    topk: int = 32
+    query_norm: str | None = "batchnorm"
+    input_dropout: float = 0.0
+    query_dropout: float = 0.0
+    value_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_keys", "heads", "k_dim", "topk"):
+            check_int(getattr(self, name), name)
+        if self.k_dim % 2:
+            raise ValueError(f"`k_dim` must be even, got {self.k_dim}")
+        if self.topk > self.n_keys:
+            raise ValueError(f"`topk` must be <= n_keys = {self.n_keys}, got {self.topk}")
+        if self.query_norm not in QUERY_NORMS:
+            raise ValueError(f"`query_norm` must be one of {QUERY_NORMS}, got {self.query_norm!r}")
+        for name in ("input_dropout", "query_dropout", "value_dropout"):
+            check_probability(getattr(self, name), name)
+
+
+@dataclass
+class LayerConfig:
+    """What may differ between the layers of a stack.
+
+    Attributes:
+        normalizer: attention normaliser (registry name): ``"softmax"``, ``"sparsemax"``,
+            ``"entmax15"``, ``"entmax"``, ...
+        alpha: for ``"entmax"``: the fixed alpha (> 1), or the initial learned alpha (in
+            ``(1.01, 2)``) with ``learn_alpha``; default 1.5.
+        learn_alpha: one learned alpha per head (Correia et al. 2019); needs ``"entmax"``.
+        window: ``(before, after)`` for sliding-window self-attention (encoder layers only);
+            None = dense attention.
+        memory: a :class:`MemoryConfig` to replace the feed-forward network by a product-key
+            memory; None = feed-forward.
+    """
+
+    normalizer: str = "softmax"
+    alpha: float | None = None
+    learn_alpha: bool = False
+    window: tuple[int, int] | None = None
+    memory: MemoryConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalizer not in available_normalizers():
+            raise ValueError(
+                f"`normalizer` must be one of {available_normalizers()}, got {self.normalizer!r}"
+            )
+        if self.alpha is not None:
+            if self.normalizer != "entmax":
+                raise ValueError(
+                    f"`alpha` only applies to normalizer='entmax', got {self.normalizer!r}"
+                )
+            low = MIN_ALPHA if self.learn_alpha else 1.0
+            high = 2.0 if self.learn_alpha else float("inf")
+            if not low < self.alpha < high:
+                raise ValueError(f"`alpha` must be in ({low}, {high}), got {self.alpha}")
+        if self.learn_alpha and self.normalizer != "entmax":
+            raise ValueError(
+                f"`learn_alpha=True` needs normalizer='entmax', got {self.normalizer!r}"
+            )
+        if self.window is not None:
+            self.window = check_window(self.window)
+            if self.learn_alpha:
+                raise ValueError("`learn_alpha=True` is not available with `window`")
+        if self.memory is not None and not isinstance(self.memory, MemoryConfig):
+            raise TypeError(
+                f"`memory` must be a MemoryConfig or None, got {type(self.memory).__name__}"
+            )
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`EncoderLayer`/:class:`DecoderLayer`."""
+        kwargs: dict[str, Any] = {
+            "normalizer": self.normalizer,
+            "alpha": self.alpha,
+            "learn_alpha": self.learn_alpha,
+            "memory": asdict(self.memory) if self.memory is not None else None,
+        }
+        if self.window is not None:
+            kwargs["window"] = self.window
+        return kwargs
+
+
+@dataclass
+class StackConfig:
+    """Shape of an encoder or decoder stack.
+
+    Attributes:
+        dim: model width.
+        heads: attention heads (``dim`` divisible by it).
+        depth: number of layers.
+        ffn_dim: feed-forward hidden width; default ``4 * dim``.
+        activation: ``"relu"``, ``"gelu"``, ``"gelu_tanh"`` or ``"geglu"``.
+        dropout: residual and feed-forward dropout.
+        attention_dropout: attention-weight dropout; default ``dropout``.
+        norm_first: pre-LN (True; the stack ends with a LayerNorm) or post-LN (False).
+        layer_norm_eps: LayerNorm epsilon.
+        bias: biases in linear maps and LayerNorms.
+        layer: the :class:`LayerConfig` of every layer without an override.
+        overrides: ``{index: LayerConfig}`` for layers that differ (0-based).
+    """
+
+    dim: int = 512
+    heads: int = 8
+    depth: int = 6
+    ffn_dim: int | None = None
+    activation: str = "relu"
+    dropout: float = 0.1
+    attention_dropout: float | None = None
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-5
+    bias: bool = True
+    layer: LayerConfig = field(default_factory=LayerConfig)
+    overrides: dict[int, LayerConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_int(self.dim, "dim")
+        check_int(self.heads, "heads")
+        check_int(self.depth, "depth")
+        if self.dim % self.heads:
+            raise ValueError(f"`dim` ({self.dim}) must be divisible by `heads` ({self.heads})")
+        if self.ffn_dim is not None:
+            check_int(self.ffn_dim, "ffn_dim")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {ACTIVATIONS}, got {self.activation!r}")
+        check_probability(self.dropout, "dropout")
+        if self.attention_dropout is not None:
+            check_probability(self.attention_dropout, "attention_dropout")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps}")
+        if not isinstance(self.layer, LayerConfig):
+            raise TypeError(f"`layer` must be a LayerConfig, got {type(self.layer).__name__}")
+        for index, config in self.overrides.items():
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError(f"`overrides` keys must be int layer indices, got {index!r}")
+            if not 0 <= index < self.depth:
+                raise ValueError(
+                    f"`overrides` keys must be layer indices in [0, {self.depth}), got {index}"
+                )
+            if not isinstance(config, LayerConfig):
+                raise TypeError(
+                    f"`overrides[{index}]` must be a LayerConfig, got {type(config).__name__}"
+                )
+
+    def layer_config(self, index: int) -> LayerConfig:
+        """The :class:`LayerConfig` of layer ``index``."""
+        return self.overrides.get(index, self.layer)
+
+    def layer_kwargs(self, index: int) -> dict[str, Any]:
+        """Keyword arguments of layer ``index`` (shared shape + its :class:`LayerConfig`)."""
+        return {
+            "dim": self.dim,
+            "heads": self.heads,
+            "ffn_dim": self.ffn_dim,
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "norm_first": self.norm_first,
+            "layer_norm_eps": self.layer_norm_eps,
+            "bias": self.bias,
+            **self.layer_config(index).layer_kwargs(),
+        }
+
+
+@dataclass
+class StackOutput:
+    """What a stack returns.
+
+    Attributes:
+        last_hidden_state: ``(batch, n, dim)``, after the final LayerNorm of a pre-LN stack.
+        hidden_states: with ``output_hidden_states``: the input and every layer's output,
+            ``depth + 1`` tensors ``(batch, n, dim)``; the last is ``last_hidden_state``.
+        attentions: with ``output_attentions``: every layer's (self-)attention weights,
+            ``(batch, heads, n, n_k)`` (a sliding-window layer gives its band
+            ``(batch, heads, n, before + after + 1)``).
+        cross_attentions: decoder with ``output_attentions``: every layer's weights over
+            the context ``(batch, heads, n, n_c)``.
+    """
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    cross_attentions: tuple[Tensor, ...] | None = None
+
+
+class _Stack(nn.Module):
+    def __init__(self, config: StackConfig) -> None:
+        super().__init__()
+        if not isinstance(config, StackConfig):
+            raise TypeError(f"`config` must be a StackConfig, got {type(config).__name__}")
+        self.config = config
+        eps, bias = config.layer_norm_eps, config.bias
+        self.norm = nn.LayerNorm(config.dim, eps=eps, bias=bias) if config.norm_first else None
+
+    def _check_input(self, x: Tensor) -> None:
+        check_rank(x, 3, "x", "(batch, n, dim)")
+        check_size(x, -1, self.config.dim, "x", "dim")
+
+    def _finish(
+        self,
+        x: Tensor,
+        hidden: list[Tensor] | None,
+        attentions: list[Tensor] | None,
+        cross: list[Tensor] | None = None,
+    ) -> StackOutput:
+        if self.norm is not None:
+            x = self.norm(x)
+        if hidden is not None:
+            hidden[-1] = x
+        return StackOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden) if hidden is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+            cross_attentions=tuple(cross) if cross is not None else None,
+        )
+
+
+class TransformerEncoder(_Stack):
+    """A stack of :class:`EncoderLayer` built from a :class:`StackConfig`.
+
+    Parameters: ``layers.{i}.*`` (see :mod:`attnzoo.transformers_zoo.layers`) and, for
+    pre-LN, the final ``norm``.
+    """
+
+    def __init__(self, config: StackConfig) -> None:
+        super().__init__(config)
+        self.layers = nn.ModuleList(
+            EncoderLayer(**config.layer_kwargs(i)) for i in range(config.depth)
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> StackOutput:
+        """Encode ``x`` ``(batch, n, dim)``.
+
+        Args:
+            x: the embedded input.
+            mask: key-padding mask ``(batch, n)``, True = real token (dense layers also take
+                a rank-4 mask, see :class:`EncoderLayer`).
+            output_attentions: collect every layer's attention weights.
+            output_hidden_states: collect the input and every layer's output.
+        """
+        self._check_input(x)
+        hidden = [x] if output_hidden_states else None
+        attentions: list[Tensor] | None = [] if output_attentions else None
+        for layer in self.layers:
+            if attentions is not None:
+                x, weights = layer(x, mask=mask, output_attentions=True)
+                attentions.append(weights)
+            else:
+                x = layer(x, mask=mask)
+            if hidden is not None:
+                hidden.append(x)
+        return self._finish(x, hidden, attentions)
+
+
+class TransformerDecoder(_Stack):
+    """A stack of :class:`DecoderLayer` built from a :class:`StackConfig`.
+
+    Args:
+        config: the stack's shape; a layer config with ``window`` is rejected (the decoder
+            layers attend densely).
+        context_dim: width of the encoder output; default ``config.dim``.
+        cross_attention: False gives a decoder-only stack (no ``context``).
+    """
+
+    def __init__(
+        self, config: StackConfig, context_dim: int | None = None, cross_attention: bool = True
+    ) -> None:
+        super().__init__(config)
+        for i in range(config.depth):
+            if config.layer_config(i).window is not None:
+                raise ValueError(
+                    f"`config`: layer {i} has a `window`, but sliding-window attention is "
+                    "available in encoder layers only"
+                )
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                **config.layer_kwargs(i),
+                context_dim=context_dim,
+                cross_attention=cross_attention,
+            )
+            for i in range(config.depth)
+        )
+
+    def new_cache(self) -> list[LayerCache]:
+        """Empty decoding caches, one :class:`LayerCache` per layer."""
+        return [LayerCache() for _ in self.layers]
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> StackOutput:
+        """Decode ``x`` ``(batch, n, dim)`` causally, attending to ``context``.
+
+        Args:
+            x: the embedded target positions (with a cache: only the new ones).
+            context: encoder output ``(batch, n_c, context_dim)``.
+            mask: self-attention key-padding mask ``(batch, n_cached + n)``.
+            context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
+            cache: from :meth:`new_cache`, updated in place; pass the same list at every
+                decoding step.
+            output_attentions: collect every layer's self- and cross-attention weights.
+            output_hidden_states: collect the input and every layer's output.
+        """
+        self._check_input(x)
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"`cache` must hold one LayerCache per layer ({len(self.layers)}), got {len(cache)}"
+            )
+        hidden = [x] if output_hidden_states else None
+        attentions: list[Tensor] | None = [] if output_attentions else None
+        cross: list[Tensor] | None = [] if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            result = layer(
+                x,
+                context,
+                mask=mask,
+                context_mask=context_mask,
+                cache=cache[i] if cache is not None else None,
+                output_attentions=output_attentions,
+            )
+            if attentions is not None and cross is not None:
+                x, self_weights, cross_weights = result
+                attentions.append(self_weights)
+                if cross_weights is not None:
+                    cross.append(cross_weights)
+            else:
+                x = result
+            if hidden is not None:
+                hidden.append(x)
+        return self._finish(x, hidden, attentions, cross or None)
+
+
+def learned_alphas(module: nn.Module) -> dict[str, Tensor]:
+    """Every learned per-head entmax alpha in ``module``, by attention-module name.
+
+    Returns:
+        ``{name: (heads,) tensor}`` (detached), e.g. ``"layers.0.attention"``; empty when
+        no attention learns its alpha.
+    """
+    with torch.no_grad():
+        return {
+            name.removesuffix(".alpha"): sub().detach().flatten()
+            for name, sub in module.named_modules()
+            if isinstance(sub, EntmaxAlpha)
+        }
+
+
+__all__ = [
+    "LayerConfig",
+    "MemoryConfig",
+    "StackConfig",
+    "StackOutput",
+    "TransformerDecoder",
+    "TransformerEncoder",
+    "learned_alphas",
+]
