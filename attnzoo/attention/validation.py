@@ -102,3 +102,49 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value}")
     return value
+
+
+def check_token_ids(ids: object, size: int, name: str) -> Tensor:
+    """Return ``ids`` if it is an integer tensor with values in ``[0, size)``, else raise.
+
+    An out-of-range id would otherwise fail deep inside an embedding lookup (or, on CUDA,
+    as a device-side assert that poisons the process).
+
+    Args:
+        ids: token (or position) ids, any shape.
+        size: the table size (vocabulary size, number of positions, ...).
+        name: the argument's name for the error message.
+
+    Raises:
+        TypeError: ``ids`` is not an integer tensor.
+        ValueError: an id is negative or ``>= size``; the message gives the range and the
+            offending value.
+    """
+    check_tensor(ids, name)
+    assert isinstance(ids, Tensor)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor of ids, got dtype {ids.dtype}")
+    if ids.numel():
+        low, high = (int(v) for v in torch.aminmax(ids))
+        if low < 0 or high >= size:
+            bad = low if low < 0 else high
+            raise ValueError(f"`{name}` must hold ids in [0, {size}), got {bad}")
+    return ids
+
+
+def check_prefix_mask(mask: object, name: str) -> Tensor:
+    """Return the lengths ``mask.sum(-1)`` after checking that ``mask`` is a prefix mask.
+
+    A prefix mask is True on the first ``length`` positions of its last axis and False
+    after them (real tokens, then padding): the layout packed recurrent encoders need.
+    """
+    check_bool_mask(mask, name)
+    assert isinstance(mask, Tensor)
+    lengths = mask.sum(-1)
+    expected = torch.arange(mask.shape[-1], device=mask.device) < lengths[..., None]
+    if not torch.equal(mask, expected):
+        raise ValueError(
+            f"`{name}` must be a prefix mask (True on the real tokens, then False on the "
+            "padding after them), got a True after a False"
+        )
+    return lengths

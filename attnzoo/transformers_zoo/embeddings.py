@@ -36,35 +36,11 @@ from ..attention.validation import (
     check_probability,
     check_rank,
     check_tensor,
+    check_token_ids,
 )
 
 POSITIONS = ("learned", "sinusoidal", None)
 """Values of :class:`Embeddings` ``positions``."""
-
-
-def check_token_ids(ids: object, size: int, name: str) -> Tensor:
-    """Return ``ids`` if it is an integer tensor with values in ``[0, size)``, else raise.
-
-    Args:
-        ids: the ids, any shape.
-        size: the table size (vocabulary size, number of positions, ...).
-        name: the argument's name for the error message.
-
-    Raises:
-        TypeError: ``ids`` is not an integer tensor.
-        ValueError: an id is negative or ``>= size``; the message gives the range and the
-            offending value.
-    """
-    check_tensor(ids, name)
-    assert isinstance(ids, Tensor)
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"`{name}` must be an integer tensor of ids, got dtype {ids.dtype}")
-    if ids.numel():
-        low, high = (int(v) for v in torch.aminmax(ids))
-        if low < 0 or high >= size:
-            bad = low if low < 0 else high
-            raise ValueError(f"`{name}` must hold ids in [0, {size}), got {bad}")
-    return ids
 
 
 def sinusoidal_table(n: int, dim: int, base: float = 10000.0) -> Tensor:
@@ -306,7 +282,6 @@ __all__ = [
     "SegmentEmbedding",
     "SinusoidalPositionalEmbedding",
     "TokenEmbedding",
-    "check_token_ids",
     "position_ids",
     "sinusoidal_table",
 ]

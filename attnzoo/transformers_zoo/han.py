@@ -34,14 +34,14 @@ from ..attention.pooling import AttentionPooling
 from ..attention.validation import (
     check_bool_mask,
     check_positive,
+    check_prefix_mask,
     check_probability,
     check_rank,
+    check_token_ids,
 )
 from .tasks.documents import (
     DOCUMENT_VOCAB_SIZE,
     DocumentBatch,
-    check_input_ids,
-    check_prefix_mask,
     document_task,
 )
 from .text_cnn import TextCNN, TextCNNConfig
@@ -193,7 +193,7 @@ class HierarchicalAttentionNetwork(nn.Module):
             attention weights.
         """
         check_rank(input_ids, 3, "input_ids", "(batch, n_sentences, n_words)")
-        check_input_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         batch, n_sentences, n_words = input_ids.shape
         if word_mask is None:
             word_mask = input_ids != self.config.pad_token_id
@@ -327,7 +327,7 @@ class AttentionBiLSTM(nn.Module):
             ``attention`` ``(batch, seq)``.
         """
         check_rank(input_ids, 2, "input_ids", "(batch, seq)")
-        check_input_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         if mask is None:
             mask = input_ids != self.config.pad_token_id
         else:

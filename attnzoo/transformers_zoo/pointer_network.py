@@ -30,7 +30,13 @@ from torch import Tensor, nn
 
 from ..attention.normalizers import masked_normalize
 from ..attention.scores import AdditiveScore
-from ..attention.validation import check_bool_mask, check_positive, check_rank, check_size
+from ..attention.validation import (
+    check_bool_mask,
+    check_positive,
+    check_prefix_mask,
+    check_rank,
+    check_size,
+)
 from .tasks import sort_numbers_task
 from .training import TrainConfig, fit
 
@@ -106,13 +112,10 @@ class PointerNetwork(nn.Module):
             raise ValueError(
                 f"`mask` must have shape (batch, n) = {(batch, n)}, got {tuple(mask.shape)}"
             )
-        lengths = mask.sum(dim=1)
+        # pack_padded_sequence needs the real inputs first.
+        lengths = check_prefix_mask(mask, "mask")
         if (lengths == 0).any():
             raise ValueError("`mask`: every sequence needs at least one real input, got length 0")
-        # pack_padded_sequence needs the real inputs first.
-        prefix = torch.arange(n, device=mask.device) < lengths[:, None]
-        if not torch.equal(prefix, mask):
-            raise ValueError("`mask` must mark a prefix of each row (real inputs first, then pad)")
         return lengths
 
     def encode(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -52,9 +52,10 @@ from ..attention.rnn_attention import (
 from ..attention.validation import (
     check_bool_mask,
     check_positive,
+    check_prefix_mask,
     check_probability,
     check_rank,
-    check_tensor,
+    check_token_ids,
 )
 from . import generation
 from .tasks.sequences import BOS, EOS, FIRST_SYMBOL, PAD, SequenceBatch, reverse_task
@@ -182,19 +183,6 @@ class Seq2SeqOutput(NamedTuple):
     attentions: Tensor | None
 
 
-def check_token_ids(ids: Tensor, vocab_size: int, name: str) -> None:
-    """Raise unless ``ids`` is an integer tensor with every value in ``[0, vocab_size)``."""
-    check_tensor(ids, name)
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"`{name}` must be an integer tensor of token ids, got dtype {ids.dtype}")
-    if ids.numel() == 0:
-        return
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"`{name}` ids must be in [0, {vocab_size}), got {bad}")
-
-
 def _rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float, bi: bool):
     rnn_cls = nn.GRU if cell == "gru" else nn.LSTM
     return rnn_cls(
@@ -278,17 +266,11 @@ class RNNSeq2Seq(nn.Module):
                 f"`src_mask` must have the shape of `src` {tuple(src.shape)}, "
                 f"got {tuple(src_mask.shape)}"
             )
-        lengths = src_mask.sum(dim=1)
+        # The encoder packs the real tokens, which must therefore come first.
+        lengths = check_prefix_mask(src_mask, "src_mask")
         if bool((lengths == 0).any()):
             row = int((lengths == 0).nonzero()[0])
             raise ValueError(f"`src_mask` must keep >= 1 real token per sequence; row {row} has 0")
-        # The encoder packs the real tokens, which must therefore come first.
-        positions = torch.arange(src.shape[1], device=src.device)
-        if not torch.equal(src_mask, positions < lengths[:, None]):
-            raise ValueError(
-                "`src_mask` must be True on a prefix of each row (real tokens first, "
-                "padding at the end)"
-            )
         return src_mask
 
     # -- encoder ------------------------------------------------------------------------
@@ -700,7 +682,6 @@ __all__ = [
     "ReverseSetup",
     "Seq2SeqOutput",
     "anti_diagonal_fraction",
-    "check_token_ids",
     "run_seq2seq_demo",
     "sequence_accuracy",
     "train_reverse",

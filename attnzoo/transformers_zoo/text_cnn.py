@@ -20,10 +20,11 @@ from torch import Tensor, nn
 
 from ..attention.validation import (
     check_positive,
+    check_prefix_mask,
     check_probability,
     check_rank,
+    check_token_ids,
 )
-from .tasks.documents import check_input_ids, check_prefix_mask
 
 
 @dataclass
@@ -93,7 +94,7 @@ class TextCNN(nn.Module):
                 default ``input_ids != pad_token_id``.
         """
         check_rank(input_ids, 2, "input_ids", "(batch, seq)")
-        check_input_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         if mask is None:
             mask = input_ids != self.config.pad_token_id
         elif mask.shape != input_ids.shape:

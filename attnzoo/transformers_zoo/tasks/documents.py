@@ -225,47 +225,6 @@ def decode_document(input_ids: Tensor, word_mask: Tensor | None = None) -> str:
     return " ".join(DOCUMENT_VOCAB[i] for i in ids.tolist() if i != PAD)
 
 
-def check_input_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
-    """Raise unless ``input_ids`` is an integer tensor of ids in ``[0, vocab_size)``.
-
-    ``TypeError`` for a floating or boolean tensor; ``ValueError`` naming the range and the
-    offending value for an id outside it (an embedding lookup would otherwise fail with an
-    index error deep inside PyTorch, or on CUDA with a device-side assert).
-    """
-    check_tensor(input_ids, name)
-    if (
-        input_ids.dtype.is_floating_point
-        or input_ids.dtype.is_complex
-        or input_ids.dtype == torch.bool
-    ):
-        raise TypeError(
-            f"`{name}` must be an integer tensor of token ids, got dtype {input_ids.dtype}"
-        )
-    if input_ids.numel() == 0:
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"`{name}` must hold token ids in [0, {vocab_size}), got {bad}")
-
-
-def check_prefix_mask(mask: Tensor, name: str) -> Tensor:
-    """Return the lengths ``mask.sum(-1)`` after checking that ``mask`` is a prefix mask.
-
-    A prefix mask is True on the first ``length`` positions of its last axis and False
-    after them (real tokens, then padding): the layout packed recurrent encoders need.
-    """
-    check_bool_mask(mask, name)
-    lengths = mask.sum(-1)
-    expected = torch.arange(mask.shape[-1], device=mask.device) < lengths[..., None]
-    if not torch.equal(mask, expected):
-        raise ValueError(
-            f"`{name}` must be a prefix mask (True on the real tokens, then False on the "
-            f"padding after them), got a True after a False"
-        )
-    return lengths
-
-
 __all__ = [
     "DOCUMENT_VOCAB",
     "DOCUMENT_VOCAB_SIZE",
@@ -276,8 +235,6 @@ __all__ = [
     "PERIOD",
     "TOPIC_WORDS",
     "DocumentBatch",
-    "check_input_ids",
-    "check_prefix_mask",
     "decode_document",
     "document_task",
     "flatten_documents",
