@@ -58,7 +58,16 @@ from ..attention.validation import (
     check_token_ids,
 )
 from . import generation
-from .tasks.sequences import BOS, EOS, FIRST_SYMBOL, PAD, SequenceBatch, reverse_task
+from .tasks.sequences import (
+    BOS,
+    EOS,
+    FIRST_SYMBOL,
+    PAD,
+    SequenceBatch,
+    exact_match,
+    reverse_task,
+    sequence_loss,
+)
 from .training import TrainConfig, fit
 
 CELLS = ("gru", "lstm")
@@ -506,18 +515,6 @@ class RNNSeq2Seq(nn.Module):
 # ---------------------------------------------------------------------------------------
 
 
-def sequence_accuracy(predicted: Tensor, target: Tensor, pad: int = PAD) -> float:
-    """Fraction of rows where ``predicted`` equals ``target`` exactly (EOS and padding too).
-
-    Args:
-        predicted: ``(batch, n)``; target: ``(batch, m)``; the shorter is padded with ``pad``.
-    """
-    width = max(predicted.shape[1], target.shape[1])
-    pred = nn.functional.pad(predicted, (0, width - predicted.shape[1]), value=pad)
-    tgt = nn.functional.pad(target.to(pred.device), (0, width - target.shape[1]), value=pad)
-    return float((pred == tgt).all(dim=1).float().mean())
-
-
 def anti_diagonal_fraction(attentions: Tensor, src_mask: Tensor, tgt_mask: Tensor) -> float:
     """Fraction of real target steps (EOS excluded) whose argmax attention is the mirrored
     source position ``S - 1 - t`` (``S`` = that row's source length): the alignment of
@@ -538,9 +535,7 @@ def anti_diagonal_fraction(attentions: Tensor, src_mask: Tensor, tgt_mask: Tenso
 
 def _reverse_loss(model: RNNSeq2Seq, batch: SequenceBatch) -> Tensor:
     logits = model(batch.src, batch.src_mask, batch.decoder_input())
-    return nn.functional.cross_entropy(
-        logits.transpose(1, 2), batch.tgt, ignore_index=model.config.pad_token_id
-    )
+    return sequence_loss(logits, batch.tgt, batch.tgt_mask)
 
 
 @dataclass
@@ -632,7 +627,7 @@ def train_reverse(
         else 0.0
     )
     metrics = {
-        "exact": sequence_accuracy(predicted, batch.tgt, config.pad_token_id),
+        "exact": exact_match(predicted, batch.tgt, batch.tgt_mask),
         "token": float(token),
         "anti_diagonal": diagonal,
         "loss": history.mean_last(20),
@@ -683,6 +678,5 @@ __all__ = [
     "Seq2SeqOutput",
     "anti_diagonal_fraction",
     "run_seq2seq_demo",
-    "sequence_accuracy",
     "train_reverse",
 ]

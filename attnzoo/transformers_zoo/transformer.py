@@ -41,7 +41,16 @@ from . import generation
 from .embeddings import Embeddings
 from .layers import LayerCache
 from .stacks import LayerConfig, StackConfig, TransformerDecoder, TransformerEncoder, learned_alphas
-from .tasks.sequences import BOS, EOS, PAD, SequenceBatch, copy_task, reverse_task
+from .tasks.sequences import (
+    BOS,
+    EOS,
+    PAD,
+    SequenceBatch,
+    copy_task,
+    exact_match,
+    reverse_task,
+    sequence_loss,
+)
 from .training import TrainConfig, fit
 
 
@@ -311,35 +320,6 @@ def _check_padding_mask(
 # -- training and the demos ---------------------------------------------------------------
 
 
-def sequence_loss(
-    logits: Tensor, tgt: Tensor, tgt_mask: Tensor, label_smoothing: float = 0.0
-) -> Tensor:
-    """Mean token cross-entropy over real target positions.
-
-    Args:
-        logits: ``(batch, n, vocab)``.
-        tgt: ``(batch, n)`` target ids.
-        tgt_mask: ``(batch, n)`` boolean, True = real target token.
-        label_smoothing: as in :func:`torch.nn.functional.cross_entropy` (the paper: 0.1).
-    """
-    return F.cross_entropy(logits[tgt_mask], tgt[tgt_mask], label_smoothing=label_smoothing)
-
-
-def exact_match(predicted: Tensor, tgt: Tensor, tgt_mask: Tensor) -> float:
-    """Fraction of sequences whose decoded tokens equal the target up to and including EOS.
-
-    ``predicted`` ``(batch, n_pred)`` is padded/cut to the target width ``(batch, n)``;
-    positions outside ``tgt_mask`` are ignored, so a prediction must end exactly at EOS
-    where the target does (the token after EOS in ``predicted`` is PAD by construction).
-    """
-    n = tgt.shape[1]
-    if predicted.shape[1] < n:
-        predicted = F.pad(predicted, (0, n - predicted.shape[1]), value=PAD)
-    predicted = predicted[:, :n]
-    correct = ((predicted == tgt) | ~tgt_mask).all(dim=1)
-    return float(correct.float().mean())
-
-
 def small_transformer_config(
     vocab_size: int, dim: int = 64, heads: int = 4, depth: int = 2, layer: LayerConfig | None = None
 ) -> TransformerConfig:
@@ -501,10 +481,8 @@ __all__ = [
     "Transformer",
     "TransformerConfig",
     "evaluate",
-    "exact_match",
     "run_sparse_transformer_demo",
     "run_transformer_demo",
-    "sequence_loss",
     "small_transformer_config",
     "sparse_transformer_config",
     "train_on_task",

@@ -12,10 +12,9 @@ from attnzoo.transformers_zoo.rnn_seq2seq import (
     Seq2SeqOutput,
     anti_diagonal_fraction,
     run_seq2seq_demo,
-    sequence_accuracy,
     train_reverse,
 )
-from attnzoo.transformers_zoo.tasks.sequences import BOS, EOS, PAD
+from attnzoo.transformers_zoo.tasks.sequences import BOS, EOS, PAD, exact_match
 
 VOCAB = 11
 
@@ -209,8 +208,8 @@ def test_runs_on_every_device(device):
 
 def test_metrics_by_hand():
     predicted = torch.tensor([[5, 4, EOS], [5, EOS, PAD], [4, 4, 4]])
-    target = torch.tensor([[5, 4, EOS, PAD], [5, 4, EOS, PAD], [4, 4, 4, 4]])
-    assert sequence_accuracy(predicted, target) == pytest.approx(1 / 3)
+    target = torch.tensor([[5, 4, EOS, PAD], [5, 4, EOS, PAD], [4, 4, 4, EOS]])
+    assert exact_match(predicted, target, target != PAD) == pytest.approx(1 / 3)
     # Source lengths 3 and 2; the targets are reversals (3 and 2 symbols, then EOS).
     src_mask = torch.tensor([[True, True, True], [True, True, False]])
     tgt_mask = torch.tensor([[True, True, True, True], [True, True, True, False]])

@@ -9,14 +9,20 @@ import torch
 
 from attnzoo.transformers_zoo.generation import length_penalty_factor
 from attnzoo.transformers_zoo.stacks import LayerConfig, StackConfig, learned_alphas
-from attnzoo.transformers_zoo.tasks import BOS, EOS, PAD, copy_task, reverse_task
+from attnzoo.transformers_zoo.tasks import (
+    BOS,
+    EOS,
+    PAD,
+    copy_task,
+    exact_match,
+    reverse_task,
+    sequence_loss,
+)
 from attnzoo.transformers_zoo.transformer import (
     Transformer,
     TransformerConfig,
     evaluate,
-    exact_match,
     run_sparse_transformer_demo,
-    sequence_loss,
     small_transformer_config,
     sparse_transformer_config,
     train_on_task,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ...attention.validation import check_positive
@@ -183,6 +184,38 @@ def binary_copy_task(
     return inputs, bits
 
 
+# Metrics of the sequence-to-sequence tasks, shared by every model trained on them.
+
+
+def sequence_loss(
+    logits: Tensor, tgt: Tensor, tgt_mask: Tensor, label_smoothing: float = 0.0
+) -> Tensor:
+    """Mean token cross-entropy over real target positions.
+
+    Args:
+        logits: ``(batch, n, vocab)``.
+        tgt: ``(batch, n)`` target ids.
+        tgt_mask: ``(batch, n)`` boolean, True = real target token.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy` (the paper: 0.1).
+    """
+    return F.cross_entropy(logits[tgt_mask], tgt[tgt_mask], label_smoothing=label_smoothing)
+
+
+def exact_match(predicted: Tensor, tgt: Tensor, tgt_mask: Tensor) -> float:
+    """Fraction of sequences whose decoded tokens equal the target up to and including EOS.
+
+    ``predicted`` ``(batch, n_pred)`` is padded/cut to the target width ``(batch, n)``;
+    positions outside ``tgt_mask`` are ignored, so a prediction must end exactly at EOS
+    where the target does (the token after EOS in ``predicted`` is PAD by construction).
+    """
+    n = tgt.shape[1]
+    if predicted.shape[1] < n:
+        predicted = F.pad(predicted, (0, n - predicted.shape[1]), value=PAD)
+    predicted = predicted[:, :n]
+    correct = ((predicted == tgt) | ~tgt_mask).all(dim=1)
+    return float(correct.float().mean())
+
+
 __all__ = [
     "ADDITION_VOCAB",
     "BOS",
@@ -194,7 +227,9 @@ __all__ = [
     "addition_task",
     "binary_copy_task",
     "copy_task",
+    "exact_match",
     "reverse_task",
+    "sequence_loss",
     "shift_right",
     "sort_numbers_task",
     "sort_task",
