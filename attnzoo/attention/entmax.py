@@ -6,7 +6,9 @@ chosen so that ``p`` sums to one. ``alpha = 2`` is sparsemax (Martins & Astudill
 ``alpha -> 1`` recovers softmax. Unlike softmax, scores far enough below the maximum get
 exactly zero weight.
 
-* :func:`sparsemax` and :func:`entmax15` find ``tau`` exactly by sorting.
+* :func:`sparsemax` and :func:`entmax15` find ``tau`` exactly without sorting: Newton
+  steps from a lower bound, finished by the closed-form threshold on the support found
+  (the sorted algorithm is the fallback for rows that do not settle).
 * :func:`entmax_bisect` finds ``tau`` by bisection for any ``alpha > 1``, a float or a
   tensor (e.g. one per head), and is differentiable in ``alpha`` too (Correia et al.
   2019, "Adaptively Sparse Transformers").
@@ -162,6 +164,62 @@ def _row_denominator(total: Tensor) -> Tensor:
     return torch.where(total > 0, total, torch.ones_like(total))
 
 
+# The sort-free thresholds iterate over blocks of rows of about this many entries: their
+# scratch buffers are allocated once and stay in cache across the passes (a fresh
+# full-size temporary per pass costs more in page faults than the arithmetic), while a
+# block is still large enough that the per-operation overhead does not dominate.
+_BLOCK = 1 << 20
+
+# Newton steps before a block falls back to the sorting algorithm. Attention rows settle
+# in 5-8 steps; only contrived rows (exact ties at the threshold) reach the cap.
+_MAX_NEWTON = 30
+
+
+def _shifted_rows(x: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Rows of ``x`` shifted to maximum 0, times ``scale``, floored at ``_FLOOR``.
+
+    Args:
+        x: ``(..., n)`` scores.
+        scale: a float or ``(..., 1)``, the ``alpha - 1`` of the map.
+    Returns:
+        ``(z, empty)``: ``z`` a new contiguous ``(rows, n)`` tensor (it becomes the output,
+        so the map allocates one full-size tensor); ``empty`` ``(rows, 1)``, True for
+        all-``-inf`` rows, whose ``z`` is set to 0 so every threshold stays finite there.
+    """
+    n = x.shape[-1]
+    top = x.amax(dim=-1, keepdim=True)
+    # An empty row's max is -inf; x - max would be -inf - -inf = NaN.
+    empty = torch.isneginf(top)
+    top = top.masked_fill(empty, 0.0)
+    z = torch.sub(x, top, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    if isinstance(scale, Tensor) or scale != 1.0:
+        z.mul_(scale)
+    z = z.clamp_(min=_FLOOR).view(-1, n)
+    empty = empty.reshape(-1, 1)
+    if bool(empty.any()):
+        z.masked_fill_(empty, 0.0)
+    return z, empty
+
+
+def _row_blocks(z: Tensor, buffers: int):
+    """Yield ``(block, scratch)``: consecutive row blocks of ``z`` with scratch buffers."""
+    rows = max(1, _BLOCK // z.shape[-1])
+    scratch = [
+        torch.empty((min(rows, z.shape[0]), z.shape[-1]), dtype=z.dtype, device=z.device)
+        for _ in range(buffers)
+    ]
+    for start in range(0, z.shape[0], rows):
+        block = z[start : start + rows]
+        yield block, [buf[: block.shape[0]] for buf in scratch]
+
+
+def _finish(p: Tensor, empty: Tensor, shape: torch.Size) -> Tensor:
+    """Zero the empty rows of ``(rows, n)`` weights ``p`` and give them ``shape``."""
+    if bool(empty.any()):
+        p.masked_fill_(empty, 0.0)
+    return p.view(shape)
+
+
 # ----------------------------------------------------------------------------------
 # sparsemax
 # ----------------------------------------------------------------------------------
@@ -185,14 +243,47 @@ def _sparsemax_threshold(z: Tensor) -> Tensor:
     return csum.gather(-1, index) / support
 
 
+def _sparsemax_newton(z: Tensor, work: Tensor) -> bool:
+    """Overwrite ``z`` with its sparsemax weights, sort-free; False if it did not settle.
+
+    Newton's method on ``f(tau) = sum(clamp(z - tau, 0)) - 1`` (Michelot's algorithm):
+    from a lower bound of ``tau`` the step ``tau' = (sum_{z > tau} z - 1) / |{z > tau}|``
+    is the exact threshold of the current candidate support, never overshoots, and the
+    support only shrinks, so the iteration stops, at the very formula the sorted
+    algorithm evaluates on the true support. A handful of passes over the row replace the
+    sort, the dominant cost of the sorted algorithm.
+
+    Args:
+        z: ``(rows, n)`` finite scores with row maximum 0, overwritten.
+        work: scratch of the shape of ``z``.
+    Returns:
+        True when ``z`` now holds the weights.
+    """
+    n = z.shape[-1]
+    # Every subset S gives a lower bound (sum_S z - 1) / |S| <= tau; {argmax} gives -1.
+    tau = ((z.sum(dim=-1, keepdim=True) - 1) / n).clamp(min=-1.0)
+    for _ in range(_MAX_NEWTON):
+        torch.sub(z, tau, out=work).clamp_(min=0)
+        total = work.sum(dim=-1, keepdim=True)
+        nxt = tau + (total - 1) / torch.sign(work, out=work).sum(dim=-1, keepdim=True)
+        # A step of 0 (in floating point) is the fixed point: the support is final.
+        if bool((nxt <= tau).all()):
+            torch.sub(z, tau, out=z).clamp_(min=0)
+            return True
+        tau = torch.maximum(tau, nxt)
+    return False
+
+
 class SparsemaxFunction(torch.autograd.Function):
     """sparsemax along the last axis; backward: ``g - mean(g over support)`` on the support."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        z, empty = _shift(x)
-        z = z.clamp(min=_FLOOR)
-        p = (z - _sparsemax_threshold(z)).clamp(min=0).masked_fill(empty, 0.0)
+        p, empty = _shifted_rows(x, 1.0)
+        for z, work in _row_blocks(p, 1):
+            if not _sparsemax_newton(z, work[0]):
+                z.sub_(_sparsemax_threshold(z)).clamp_(min=0)
+        p = _finish(p, empty, x.shape)
         ctx.save_for_backward(p)
         return p
 
@@ -200,11 +291,8 @@ class SparsemaxFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (p,) = ctx.saved_tensors
-        support = p > 0
-        grad = grad.masked_fill(~support, 0.0)
-        size = support.sum(dim=-1, keepdim=True).to(grad.dtype)
-        mean = grad.sum(dim=-1, keepdim=True) / _row_denominator(size)
-        return torch.where(support, grad - mean, grad)
+        # sign(p) is the support indicator, 0/1 (p >= 0): s = 1 in the entmax Jacobian.
+        return _entmax_input_grad(grad, torch.sign(p))
 
 
 # ----------------------------------------------------------------------------------
@@ -238,15 +326,68 @@ def _entmax15_threshold(z: Tensor) -> Tensor:
     return tau.gather(-1, support.long() - 1)
 
 
+def _entmax15_newton(z: Tensor, work: Tensor, square: Tensor) -> bool:
+    """Overwrite ``z`` with its 1.5-entmax weights, sort-free; False if it did not settle.
+
+    ``f(tau) = sum(clamp(z - tau, 0) ** 2) - 1`` is convex and decreasing, so Newton's
+    method from the lower bound ``tau = -1`` climbs monotonically towards the root. Once
+    two successive steps see the same support, the next trial point is the exact root of
+    the quadratic on that support (the sorted algorithm's formula); if that overshoots
+    (the support was still too large) the iteration resumes with a Newton step from the
+    last lower bound. A row is done when ``sum(p) = 1`` to a few ulps, or when its step
+    vanishes in floating point.
+
+    Args:
+        z: ``(rows, n)`` scores in ``[_FLOOR, 0]`` with row maximum 0, overwritten.
+        work, square: scratch of the shape of ``z``.
+    Returns:
+        True when ``z`` now holds the weights.
+    """
+    tol = 16 * torch.finfo(z.dtype).eps
+    tau = torch.full_like(z[:, :1], -1.0)
+    lower = tau
+    lower_step = None
+    last_size = None
+    for _ in range(_MAX_NEWTON):
+        torch.sub(z, tau, out=work).clamp_(min=0)
+        total = work.sum(dim=-1, keepdim=True)
+        residual = torch.mul(work, work, out=square).sum(dim=-1, keepdim=True) - 1
+        size = torch.sign(work, out=work).sum(dim=-1, keepdim=True)
+        above = residual >= 0  # tau is a lower bound of the root
+        step = tau + residual / (2 * total)
+        if lower_step is not None:
+            step = torch.where(above, step, lower_step)
+        # Exact root of sum_{support} (z - t) ** 2 = 1, in offsets from tau (less
+        # cancellation than in raw moments): mean - sqrt((1 - ss) / k).
+        mean = total / size
+        delta = (1 - (residual + 1 - total * mean)) / size
+        exact = tau + mean - delta.clamp(min=0).sqrt()
+        settled = above & (delta >= 0) & (exact >= tau)
+        if last_size is not None:
+            settled &= size == last_size
+        nxt = torch.where(settled, exact, step)
+        done = (residual.abs() <= tol) | (nxt == tau)
+        if bool(done.all()):
+            z.copy_(square)
+            return True
+        lower = torch.where(above, tau, lower)
+        lower_step = torch.where(above, step, lower_step if lower_step is not None else step)
+        last_size = torch.where(above, size, last_size if last_size is not None else size)
+        tau = torch.where(done, tau, nxt)
+    return False
+
+
 class Entmax15Function(torch.autograd.Function):
     """1.5-entmax along the last axis; backward with ``1 / g''(p) = sqrt(p)``."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        z, empty = _shift(x)
         # 1.5-entmax is p = [z / 2 - tau]_+ ** 2 (alpha - 1 = 1/2 scales the scores).
-        z = (z / 2).clamp(min=_FLOOR)
-        p = (z - _entmax15_threshold(z)).clamp(min=0).square().masked_fill(empty, 0.0)
+        p, empty = _shifted_rows(x, 0.5)
+        for z, (work, square) in _row_blocks(p, 2):
+            if not _entmax15_newton(z, work, square):
+                z.sub_(_entmax15_threshold(z)).clamp_(min=0).square_()
+        p = _finish(p, empty, x.shape)
         ctx.save_for_backward(p)
         return p
 
@@ -254,8 +395,7 @@ class Entmax15Function(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (p,) = ctx.saved_tensors
-        gppr = p.sqrt()
-        return _entmax_input_grad(grad, gppr)
+        return _entmax_input_grad(grad, p.sqrt())
 
 
 def _entmax_input_grad(grad: Tensor, gppr: Tensor) -> Tensor:
@@ -377,7 +517,7 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
     """sparsemax: Euclidean projection of ``x`` onto the simplex along ``dim``.
 
     ``argmin_p ||p - x||^2`` s.t. ``p >= 0, sum(p) = 1`` (Martins & Astudillo 2016), solved
-    exactly by sorting; 2-entmax.
+    exactly (sort-free Newton steps); 2-entmax.
 
     Args:
         x: scores of any shape ``(..., n, ...)``; ``-inf`` marks masked entries.
@@ -390,7 +530,7 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def entmax15(x: Tensor, dim: int = -1) -> Tensor:
-    """1.5-entmax along ``dim``, exact by sorting (Peters et al. 2019).
+    """1.5-entmax along ``dim``, exact (Peters et al. 2019).
 
     ``p = [x / 2 - tau]_+ ** 2`` with ``tau`` such that ``sum(p) = 1``: sparse like
     sparsemax but smoother.

@@ -665,3 +665,29 @@ class TestCuda:
         entmax_bisect(scores, alpha=module()).square().sum().backward()
         assert module.raw.grad.device.type == "cuda"
         assert torch.isfinite(module.raw.grad).all()
+
+
+# ----------------------------------------------------------------------------------
+# the sort-free thresholds: long rows, large supports, ties, single entries
+# ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
+def test_sort_free_thresholds_match_the_package_on_long_rows(name, scale):
+    # scale 0.01 gives supports of thousands of entries, 30 gives one or two.
+    gen = torch.Generator().manual_seed(11)
+    x = scale * torch.randn(6, 4096, generator=gen, dtype=torch.float64)
+    value, grad = _max_diffs(PAIRS[name], x, -1)
+    assert value <= PARITY_TOL and grad <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_sort_free_thresholds_with_ties_and_single_entries(name):
+    rows = torch.tensor(
+        [[0.0, 0.0, 0.0, -5.0], [2.0, 0.0, 0.0, 0.0], [1.0, 1.0, -1.0, -1.0], [3.0, 3.0, 3.0, 3.0]],
+        dtype=torch.float64,
+    )
+    for x in (rows, rows[:, :1], rows.repeat(1, 300)):
+        value, grad = _max_diffs(PAIRS[name], x, -1)
+        assert value <= PARITY_TOL and grad <= PARITY_TOL
