@@ -86,6 +86,7 @@ class _Block(nn.Module):
         layer_norm_eps: float,
         bias: bool,
         memory: Mapping[str, Any] | None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         check_int(dim, "dim")
@@ -100,7 +101,8 @@ class _Block(nn.Module):
         self.layer_norm_eps, self.bias = layer_norm_eps, bias
         self.ffn: FeedForward | ProductKeyMemory
         if memory is None:
-            self.ffn = FeedForward(dim, ffn_dim, activation, dropout, bias)
+            hidden_dropout = dropout if activation_dropout is None else activation_dropout
+            self.ffn = FeedForward(dim, ffn_dim, activation, hidden_dropout, bias)
         else:
             if not isinstance(memory, Mapping):
                 raise TypeError(
@@ -146,6 +148,8 @@ class EncoderLayer(_Block):
         activation: feed-forward activation (see :class:`FeedForward`); ``"relu"`` as in
             Vaswani et al. 2017 and PyTorch.
         dropout: residual and feed-forward dropout, in [0, 1).
+        activation_dropout: dropout on the feed-forward hidden activations; default
+            ``dropout`` (as PyTorch's layers); 0 for BERT, GPT-2 and kin, which have none.
         attention_dropout: dropout on the attention weights; default ``dropout`` (as
             PyTorch's layers).
         norm_first: pre-LN (True) or post-LN (False).
@@ -176,6 +180,7 @@ class EncoderLayer(_Block):
         learn_alpha: bool = False,
         window: tuple[int, int] | None = None,
         memory: Mapping[str, Any] | None = None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -188,6 +193,7 @@ class EncoderLayer(_Block):
             layer_norm_eps,
             bias,
             memory,
+            activation_dropout,
         )
         self.attention: MultiHeadAttention | SlidingWindowAttention
         if window is None:
@@ -290,6 +296,7 @@ class DecoderLayer(_Block):
         memory: Mapping[str, Any] | None = None,
         context_dim: int | None = None,
         cross_attention: bool = True,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -302,6 +309,7 @@ class DecoderLayer(_Block):
             layer_norm_eps,
             bias,
             memory,
+            activation_dropout,
         )
         options: dict[str, Any] = {
             "normalizer": normalizer,

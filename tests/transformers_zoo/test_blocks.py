@@ -585,3 +585,17 @@ def test_bad_layer_inputs_name_the_argument() -> None:
 def test_bad_config_values_name_the_field(build, name: str) -> None:
     with pytest.raises((ValueError, TypeError), match=name):
         build()
+
+
+def test_activation_dropout_defaults_to_dropout_and_can_be_turned_off() -> None:
+    from attnzoo.transformers_zoo.stacks import StackConfig, TransformerEncoder
+
+    pytorch_like = TransformerEncoder(StackConfig(dim=8, heads=2, depth=1, dropout=0.2))
+    assert pytorch_like.layers[0].ffn.dropout.p == 0.2
+    hf_like = TransformerEncoder(
+        StackConfig(dim=8, heads=2, depth=1, dropout=0.2, activation_dropout=0.0)
+    )
+    assert hf_like.layers[0].ffn.dropout.p == 0.0
+    assert hf_like.layers[0].dropout.p == 0.2  # the residual dropout stays
+    with pytest.raises(ValueError, match="activation_dropout"):
+        StackConfig(dim=8, heads=2, depth=1, activation_dropout=1.5)
