@@ -13,11 +13,27 @@ Stands on :mod:`attnzoo.attention`.
   local attention, or none), :class:`PointerNetwork`, :class:`NTM`, :class:`ACT`,
   :class:`HierarchicalAttentionNetwork`, :class:`AttentionBiLSTM`, :class:`TextCNN`,
   :class:`SNAIL`.
+* Pretrained families on the same blocks, loading and saving Hugging Face-format
+  directories (``from_pretrained`` / ``save_pretrained``, strict key maps, no network):
+  BERT (:class:`BertModel` and its heads), RoBERTa, ALBERT, DistilBERT, GPT-2 (with
+  :meth:`GPT2LMHeadModel.generate`) and XLM, each equal to ``transformers``.
 * Decoding for any step function: :func:`greedy_search`, :func:`beam_search`; the
   training loop :func:`fit`; seeded tasks in :mod:`attnzoo.transformers_zoo.tasks`.
 """
 
 from .act import ACT, ACTConfig, ACTOutput
+from .albert import AlbertConfig, AlbertForPreTraining, AlbertModel
+from .bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from .checkpoints import PretrainedMixin, read_hf_directory, write_hf_directory
+from .distilbert import DistilBertConfig, DistilBertForMaskedLM, DistilBertModel
 from .embeddings import (
     Embeddings,
     LanguageEmbedding,
@@ -28,6 +44,7 @@ from .embeddings import (
 )
 from .feed_forward import FeedForward
 from .generation import beam_search, greedy_search, reorder_state
+from .gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, few_shot_classify
 from .han import (
     AttentionBiLSTM,
     AttentionBiLSTMConfig,
@@ -38,6 +55,7 @@ from .layers import DecoderLayer, EncoderLayer, LayerCache
 from .ntm import NTM, LSTMBaseline, NTMConfig
 from .pointer_network import PointerNetwork, PointerNetworkConfig
 from .rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
+from .roberta import RobertaConfig, RobertaForMaskedLM, RobertaModel
 from .snail import SNAIL, SNAILConfig
 from .stacks import (
     LayerConfig,
@@ -50,6 +68,7 @@ from .stacks import (
 from .text_cnn import TextCNN, TextCNNConfig
 from .training import TrainConfig, TrainHistory, fit
 from .transformer import Transformer, TransformerConfig
+from .xlm import XLMConfig, XLMModel, XLMWithLMHeadModel
 
 __all__ = [
     "ACT",
@@ -57,12 +76,28 @@ __all__ = [
     "SNAIL",
     "ACTConfig",
     "ACTOutput",
+    "AlbertConfig",
+    "AlbertForPreTraining",
+    "AlbertModel",
     "AttentionBiLSTM",
     "AttentionBiLSTMConfig",
+    "BertConfig",
+    "BertForMaskedLM",
+    "BertForPreTraining",
+    "BertForQuestionAnswering",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertModel",
     "DecoderLayer",
+    "DistilBertConfig",
+    "DistilBertForMaskedLM",
+    "DistilBertModel",
     "Embeddings",
     "EncoderLayer",
     "FeedForward",
+    "GPT2Config",
+    "GPT2LMHeadModel",
+    "GPT2Model",
     "HANConfig",
     "HierarchicalAttentionNetwork",
     "LSTMBaseline",
@@ -74,8 +109,12 @@ __all__ = [
     "NTMConfig",
     "PointerNetwork",
     "PointerNetworkConfig",
+    "PretrainedMixin",
     "RNNSeq2Seq",
     "RNNSeq2SeqConfig",
+    "RobertaConfig",
+    "RobertaForMaskedLM",
+    "RobertaModel",
     "SNAILConfig",
     "SegmentEmbedding",
     "SinusoidalPositionalEmbedding",
@@ -90,8 +129,14 @@ __all__ = [
     "TransformerConfig",
     "TransformerDecoder",
     "TransformerEncoder",
+    "XLMConfig",
+    "XLMModel",
+    "XLMWithLMHeadModel",
     "beam_search",
+    "few_shot_classify",
     "fit",
     "greedy_search",
+    "read_hf_directory",
     "reorder_state",
+    "write_hf_directory",
 ]

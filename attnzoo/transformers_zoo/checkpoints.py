@@ -40,6 +40,18 @@ SAFETENSORS_NAME = "model.safetensors"
 PYTORCH_NAME = "pytorch_model.bin"
 
 
+def _safetensors_torch() -> Any:
+    """``safetensors.torch``, imported when a checkpoint is read or written (extra ``hf``)."""
+    try:
+        import safetensors.torch
+    except ImportError as error:
+        raise ImportError(
+            "reading and writing model.safetensors needs the safetensors package: "
+            "pip install 'attnzoo[hf]'"
+        ) from error
+    return safetensors.torch
+
+
 def read_hf_directory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Read a Hugging Face model directory.
 
@@ -70,9 +82,7 @@ def read_hf_directory(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     safetensors_file = directory / SAFETENSORS_NAME
     pytorch_file = directory / PYTORCH_NAME
     if safetensors_file.is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(safetensors_file), device="cpu")
+        state = _safetensors_torch().load_file(str(safetensors_file), device="cpu")
     elif pytorch_file.is_file():
         state = torch.load(pytorch_file, map_location="cpu", weights_only=True)
         if not isinstance(state, Mapping):
@@ -168,8 +178,7 @@ def write_hf_directory(
         config: the Hugging Face config (JSON-serialisable).
         state: ``{name: tensor}`` in Hugging Face key names.
     """
-    from safetensors.torch import save_file
-
+    save_file = _safetensors_torch().save_file
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / CONFIG_NAME).open("w", encoding="utf-8") as handle:
