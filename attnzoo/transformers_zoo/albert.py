@@ -66,34 +66,11 @@ from ..attention.validation import (
     check_token_ids,
 )
 from .bert import masked_lm_loss
-from .checkpoints import PretrainedMixin, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
 from .embeddings import Embeddings
 from .embeddings import position_ids as default_position_ids
+from .feed_forward import activate
 from .layers import EncoderLayer
-
-HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-}
-"""Hugging Face activation names -> :class:`~attnzoo.transformers_zoo.feed_forward.FeedForward`
-names (``gelu_new`` is the tanh approximation of GELU)."""
-
-
-def block_activation(name: str, field_name: str) -> str:
-    """The block activation for the Hugging Face activation ``name`` (config field
-    ``field_name``), else a ``ValueError`` naming the field."""
-    if name not in HF_ACTIVATIONS:
-        raise ValueError(f"`{field_name}` must be one of {sorted(HF_ACTIVATIONS)}, got {name!r}")
-    return HF_ACTIVATIONS[name]
-
-
-def activate(x: Tensor, block_name: str) -> Tensor:
-    """Apply the block activation ``block_name`` (``"gelu"``, ``"gelu_tanh"``, ``"relu"``)."""
-    if block_name == "relu":
-        return F.relu(x)
-    return F.gelu(x, approximate="tanh" if block_name == "gelu_tanh" else "none")
 
 
 def embed(
@@ -257,7 +234,7 @@ class AlbertConfig:
                 f"`hidden_size` ({self.hidden_size}) must be divisible by "
                 f"`num_attention_heads` ({self.num_attention_heads})"
             )
-        block_activation(self.hidden_act, "hidden_act")
+        hf_activation(self.hidden_act, "hidden_act")
         for name in (
             "hidden_dropout_prob",
             "attention_probs_dropout_prob",
@@ -403,7 +380,7 @@ class AlbertModel(_AlbertPretrained, nn.Module):
                 config.hidden_size,
                 config.num_attention_heads,
                 ffn_dim=config.intermediate_size,
-                activation=block_activation(config.hidden_act, "hidden_act"),
+                activation=hf_activation(config.hidden_act, "hidden_act"),
                 dropout=config.hidden_dropout_prob,
                 attention_dropout=config.attention_probs_dropout_prob,
                 activation_dropout=0.0,
@@ -472,7 +449,7 @@ class AlbertMLMHead(nn.Module):
 
     def __init__(self, config: AlbertConfig) -> None:
         super().__init__()
-        self.activation = block_activation(config.hidden_act, "hidden_act")
+        self.activation = hf_activation(config.hidden_act, "hidden_act")
         self.dense = nn.Linear(config.hidden_size, config.embedding_size)
         self.norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))

@@ -43,17 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.validation import check_rank, check_tensor, check_token_ids
-from .checkpoints import PretrainedMixin, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
 from .embeddings import Embeddings
+from .feed_forward import activate
 from .stacks import StackConfig, TransformerEncoder
-
-HF_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "relu": "relu",
-}
-"""Hugging Face ``hidden_act`` names -> :class:`FeedForward` activations."""
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -100,10 +93,7 @@ class BertConfig:
     problem_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.hidden_act not in HF_ACTIVATIONS:
-            raise ValueError(
-                f"`hidden_act` must be one of {tuple(HF_ACTIVATIONS)}, got {self.hidden_act!r}"
-            )
+        hf_activation(self.hidden_act, "hidden_act")
         if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
             raise ValueError(
                 f"`problem_type` must be one of {PROBLEM_TYPES} or None, got {self.problem_type!r}"
@@ -120,7 +110,7 @@ class BertConfig:
             heads=self.num_attention_heads,
             depth=self.num_hidden_layers,
             ffn_dim=self.intermediate_size,
-            activation=HF_ACTIVATIONS[self.hidden_act],
+            activation=hf_activation(self.hidden_act, "hidden_act"),
             dropout=self.hidden_dropout_prob,
             attention_dropout=self.attention_probs_dropout_prob,
             activation_dropout=0.0,
@@ -410,15 +400,10 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.activation = HF_ACTIVATIONS[config.hidden_act]
+        self.activation = hf_activation(config.hidden_act, "hidden_act")
 
     def forward(self, h: Tensor) -> Tensor:
-        h = self.dense(h)
-        if self.activation == "relu":
-            h = F.relu(h)
-        else:
-            h = F.gelu(h, approximate="tanh" if self.activation == "gelu_tanh" else "none")
-        return self.norm(h)
+        return self.norm(activate(self.dense(h), self.activation))
 
 
 class BertLMPredictionHead(nn.Module):
@@ -718,7 +703,6 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 __all__ = [
-    "HF_ACTIVATIONS",
     "BertConfig",
     "BertEmbeddings",
     "BertForMaskedLM",

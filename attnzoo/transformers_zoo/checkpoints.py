@@ -189,6 +189,23 @@ def write_hf_directory(
     save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
 
 
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
+"""Hugging Face activation names -> the blocks' (``gelu_new`` is tanh-approximated GELU)."""
+
+
+def hf_activation(name: str, field: str) -> str:
+    """The block activation of Hugging Face's activation ``name`` (read from the config
+    field ``field``); a ``ValueError`` naming the field for an unsupported one."""
+    if name not in HF_ACTIVATIONS:
+        raise ValueError(f"`{field}` must be one of {sorted(HF_ACTIVATIONS)}, got {name!r}")
+    return HF_ACTIVATIONS[name]
+
+
 def hf_attention_mask(attention_mask: Tensor | None, shape: Sequence[int]) -> Tensor | None:
     """Hugging Face's ``attention_mask`` as the library's boolean key-padding mask.
 
@@ -306,9 +323,11 @@ class PretrainedMixin:
 
 __all__ = [
     "CONFIG_NAME",
+    "HF_ACTIVATIONS",
     "PYTORCH_NAME",
     "SAFETENSORS_NAME",
     "PretrainedMixin",
+    "hf_activation",
     "hf_attention_mask",
     "load_state_strict",
     "read_hf_directory",

@@ -47,16 +47,15 @@ from torch import Tensor, nn
 
 from ..attention.validation import check_int, check_probability, check_tensor
 from .albert import (
-    activate,
-    block_activation,
     config_from_dict,
     drop_tied_copy,
     embed,
     init_weights,
 )
 from .bert import masked_lm_loss
-from .checkpoints import PretrainedMixin, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
 from .embeddings import Embeddings, sinusoidal_table
+from .feed_forward import activate
 from .stacks import StackConfig, StackOutput, TransformerEncoder
 
 LAYER_NORM_EPS = 1e-12
@@ -110,7 +109,7 @@ class DistilBertConfig:
             check_int(getattr(self, name), name)
         if self.dim % self.n_heads:
             raise ValueError(f"`dim` ({self.dim}) must be divisible by `n_heads` ({self.n_heads})")
-        block_activation(self.activation, "activation")
+        hf_activation(self.activation, "activation")
         check_probability(self.dropout, "dropout")
         check_probability(self.attention_dropout, "attention_dropout")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
@@ -125,7 +124,7 @@ class DistilBertConfig:
             heads=self.n_heads,
             depth=self.n_layers,
             ffn_dim=self.hidden_dim,
-            activation=block_activation(self.activation, "activation"),
+            activation=hf_activation(self.activation, "activation"),
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             activation_dropout=0.0,
@@ -289,7 +288,7 @@ class DistilBertForMaskedLM(_DistilBertPretrained, nn.Module):
         super().__init__()
         self.config = config
         self.distilbert = DistilBertModel(config)
-        self.activation = block_activation(config.activation, "activation")
+        self.activation = hf_activation(config.activation, "activation")
         self.vocab_transform = nn.Linear(config.dim, config.dim)
         self.vocab_layer_norm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
         self.vocab_projector = VocabProjector(

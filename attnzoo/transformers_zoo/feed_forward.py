@@ -27,6 +27,18 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "geglu")
 """Names accepted by :class:`FeedForward` ``activation``."""
 
 
+def activate(x: Tensor, name: str) -> Tensor:
+    """The element-wise activation ``name``: ``"relu"``, ``"gelu"`` (exact, erf) or
+    ``"gelu_tanh"`` (tanh approximation, Hugging Face's ``gelu_new``)."""
+    if name == "relu":
+        return F.relu(x)
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"`name` must be 'relu', 'gelu' or 'gelu_tanh', got {name!r}")
+
+
 class FeedForward(nn.Module):
     """Two-layer position-wise feed-forward network.
 
@@ -70,17 +82,13 @@ class FeedForward(nn.Module):
         return self.output(self.dropout(self._activate(self.intermediate(x))))
 
     def _activate(self, h: Tensor) -> Tensor:
-        if self.activation == "relu":
-            return F.relu(h)
-        if self.activation == "gelu":
-            return F.gelu(h)
-        if self.activation == "gelu_tanh":
-            return F.gelu(h, approximate="tanh")
-        value, gate = h.chunk(2, dim=-1)
-        return F.gelu(value) * gate
+        if self.activation == "geglu":
+            value, gate = h.chunk(2, dim=-1)
+            return F.gelu(value) * gate
+        return activate(h, self.activation)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden_dim={self.hidden_dim}, activation={self.activation!r}"
 
 
-__all__ = ["ACTIVATIONS", "FeedForward"]
+__all__ = ["ACTIVATIONS", "FeedForward", "activate"]

@@ -53,20 +53,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.validation import check_int, check_probability, check_rank
-from .checkpoints import PretrainedMixin, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from .generation import beam_search
 from .layers import LayerCache
 from .stacks import StackConfig, TransformerDecoder
-
-ACTIVATION_FROM_HF = {
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-}
-"""Hugging Face ``activation_function`` -> :class:`FeedForward` activation (exact matches)."""
-
 
 # ---------------------------------------------------------------------------------------
 # Config
@@ -119,11 +110,7 @@ class GPT2Config:
             raise ValueError(
                 f"`n_embd` ({self.n_embd}) must be divisible by `n_head` ({self.n_head})"
             )
-        if self.activation_function not in ACTIVATION_FROM_HF:
-            raise ValueError(
-                f"`activation_function` must be one of {sorted(ACTIVATION_FROM_HF)}, "
-                f"got {self.activation_function!r}"
-            )
+        hf_activation(self.activation_function, "activation_function")
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             check_probability(getattr(self, name), name)
         if not self.layer_norm_epsilon > 0:
@@ -140,7 +127,7 @@ class GPT2Config:
             heads=self.n_head,
             depth=self.n_layer,
             ffn_dim=self.n_inner,
-            activation=ACTIVATION_FROM_HF[self.activation_function],
+            activation=hf_activation(self.activation_function, "activation_function"),
             dropout=self.resid_pdrop,
             attention_dropout=self.attn_pdrop,
             activation_dropout=0.0,
