@@ -164,7 +164,7 @@ _UNSUPPORTED_HF = {
 }
 
 
-def _config_from_hf(hf: dict[str, Any]) -> GPT2Config:
+def gpt2_config_from_hf(hf: dict[str, Any]) -> GPT2Config:
     for key, supported in _UNSUPPORTED_HF.items():
         if key in hf and hf[key] != supported:
             raise ValueError(
@@ -185,7 +185,7 @@ def _config_to_hf(config: GPT2Config) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def _hf_rules(prefix: str) -> tuple[tuple[str, str], ...]:
+def gpt2_hf_to_zoo_rules(prefix: str) -> tuple[tuple[str, str], ...]:
     """Hugging Face -> library rename rules; ``prefix`` is ``"transformer."`` or ``""``."""
     src = r"^(?:transformer\.)?"
     layer = src + r"h\.(\d+)\."
@@ -205,7 +205,7 @@ def _hf_rules(prefix: str) -> tuple[tuple[str, str], ...]:
 
 
 def _zoo_rules(prefix: str) -> tuple[tuple[str, str], ...]:
-    """Library -> Hugging Face rename rules (the inverse of :func:`_hf_rules`)."""
+    """Library -> Hugging Face rename rules (the inverse of :func:`gpt2_hf_to_zoo_rules`)."""
     p = re.escape(prefix)
     layer = "^" + p + r"decoder\.layers\.(\d+)\."
     dst = prefix + r"h.\1."
@@ -227,7 +227,7 @@ _FUSED = re.compile(r"^(.*self_attention\.)c_attn\.(weight|bias)$")
 _MASK_BUFFER = re.compile(r"self_attention\.hf_(bias|masked_bias)$")
 
 
-def _state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def gpt2_state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Split the fused ``c_attn`` into query/key/value, transpose Conv1D weights, drop the
     causal-mask buffers (renamed ``self_attention.hf_bias``/``hf_masked_bias``)."""
     out: dict[str, Tensor] = {}
@@ -339,7 +339,7 @@ class GPT2Model(PretrainedMixin, nn.Module):
     """
 
     config_class = GPT2Config
-    hf_to_zoo_rules = _hf_rules("")
+    hf_to_zoo_rules = gpt2_hf_to_zoo_rules("")
     zoo_to_hf_rules = _zoo_rules("")
 
     def __init__(self, config: GPT2Config) -> None:
@@ -366,7 +366,7 @@ class GPT2Model(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> GPT2Config:
-        return _config_from_hf(hf)
+        return gpt2_config_from_hf(hf)
 
     @classmethod
     def config_to_hf(cls, config: GPT2Config) -> dict[str, Any]:
@@ -374,7 +374,7 @@ class GPT2Model(PretrainedMixin, nn.Module):
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        state = _state_from_hf(state)
+        state = gpt2_state_from_hf(state)
         head = state.pop("lm_head.weight", None)
         # A head checkpoint read as a bare model: only a tied copy of wte may be left out.
         if head is not None and not torch.equal(head, state.get("word_embeddings.weight", head)):
@@ -471,7 +471,7 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
     """
 
     config_class = GPT2Config
-    hf_to_zoo_rules = _hf_rules("transformer.")
+    hf_to_zoo_rules = gpt2_hf_to_zoo_rules("transformer.")
     zoo_to_hf_rules = _zoo_rules("transformer.")
 
     def __init__(self, config: GPT2Config) -> None:
@@ -483,7 +483,7 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> GPT2Config:
-        return _config_from_hf(hf)
+        return gpt2_config_from_hf(hf)
 
     @classmethod
     def config_to_hf(cls, config: GPT2Config) -> dict[str, Any]:
@@ -491,7 +491,7 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        state = _state_from_hf(state)
+        state = gpt2_state_from_hf(state)
         embeddings = state.get("transformer.word_embeddings.weight")
         head = state.get("lm_head.weight")
         if embeddings is not None and head is None:
@@ -879,6 +879,9 @@ __all__ = [
     "apply_repetition_penalty",
     "few_shot_classify",
     "format_few_shot",
+    "gpt2_config_from_hf",
+    "gpt2_hf_to_zoo_rules",
+    "gpt2_state_from_hf",
     "position_ids_from_attention_mask",
     "top_k_filter",
     "top_p_filter",
