@@ -23,6 +23,12 @@ from benchmarks.suites import SUITES, load
 
 # float32 at toy sizes: every kernel agrees with its baseline to rounding error.
 TOLERANCE = 1e-4
+# Suites comparing whole models with Hugging Face: they list no case without transformers.
+MODEL_SUITES = ("bert", "gpt2_generate")
+HAVE_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+# Suites timing no backward pass (generation), so they have `fwd` rows only.
+FORWARD_ONLY = {"gpt2_generate"}
+RUNNING = [s for s in SUITES if HAVE_TRANSFORMERS or s not in MODEL_SUITES]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 
 def test_every_suite_runs_without_error(tiny_run: tuple[Path, list]) -> None:
     _, rows = tiny_run
-    assert {r.suite for r in rows} == set(SUITES)
+    assert {r.suite for r in rows} == set(RUNNING)
     for r in rows:
         assert r.error is None, f"{r.suite}/{r.case}/{r.mode}: {r.error}"
         assert r.ours_ms is not None and r.ours_ms > 0
@@ -43,9 +49,9 @@ def test_every_suite_runs_without_error(tiny_run: tuple[Path, list]) -> None:
         assert r.ratio == pytest.approx(r.ours_ms / r.baseline_ms)
         # No allocator statistics on CPU.
         assert r.ours_peak_mib is None and r.baseline_peak_mib is None
-    for suite in SUITES:
+    for suite in RUNNING:
         modes = {r.mode for r in rows if r.suite == suite}
-        assert modes == {"fwd", "fwd+bwd"}, suite
+        assert modes == ({"fwd"} if suite in FORWARD_ONLY else {"fwd", "fwd+bwd"}), suite
 
 
 def test_ours_matches_the_baseline(tiny_run: tuple[Path, list]) -> None:
@@ -76,6 +82,83 @@ def test_reports_are_written(tiny_run: tuple[Path, list]) -> None:
         assert f"### `{suite}`" in text
     # One table line per row.
     assert sum(line.startswith("| ") and "| fwd" in line for line in text.splitlines()) == len(rows)
+
+
+@pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs transformers")
+def test_model_suites_match_hugging_face(tiny_run: tuple[Path, list]) -> None:
+    _, rows = tiny_run
+    bert = [r for r in rows if r.suite == "bert"]
+    assert [r.mode for r in bert] == ["fwd", "fwd+bwd"]
+    # Hidden states of the real tokens, and the word-embedding gradient, to rounding error.
+    for r in bert:
+        assert r.max_abs_diff is not None and r.max_abs_diff < TOLERANCE, r
+    generate = [r for r in rows if r.suite == "gpt2_generate"]
+    assert generate and all(r.mode == "fwd" for r in generate)
+    for r in generate:
+        # The column is the fraction of generated tokens that differ: greedy decoding on
+        # the same weights must give the same tokens.
+        assert r.max_abs_diff == 0.0, r
+        assert r.params["prompt"] == 16 and r.params["new_tokens"] == r.n
+
+
+@pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs transformers")
+def test_bert_batch_is_padded_and_check_sees_a_wrong_weight() -> None:
+    from benchmarks.suites import bert
+
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, profile="tiny")
+    real = bert.real_tokens(ctx, 4, 16)
+    assert real[0].all() and not real[-1].all() and real.sum(1).tolist() == [16, 13, 11, 8]
+    shape = {"hidden": 16, "heads": 2, "layers": 1, "vocab": 50}
+    setup = bert._build(ctx, shape, 2, 8)
+    with torch.no_grad():
+        ours, theirs = setup.ours(), setup.baseline()
+        assert ours.shape == (8 + 4, 16)  # real tokens only
+        assert max_abs_diff(ours, theirs) < TOLERANCE
+        for p in setup.ours_params:
+            p.add_(0.01 * torch.randn_like(p))
+        assert max_abs_diff(setup.ours(), setup.baseline()) > TOLERANCE
+
+
+@pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs transformers")
+def test_generation_check_reads_the_fraction_of_differing_tokens() -> None:
+    from benchmarks.suites import gpt2_generate
+
+    a = torch.tensor([[1, 2, 3, 4]])
+    assert gpt2_generate.fraction_differing(a, a.clone()) == 0.0
+    assert gpt2_generate.fraction_differing(a, torch.tensor([[1, 2, 9, 9]])) == 0.5
+    assert gpt2_generate.fraction_differing(a, a[:, :3]) == 1.0
+    assert gpt2_generate.tokens_per_second(2, 50, 500.0) == pytest.approx(200.0)
+
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, profile="tiny")
+    shape = {"hidden": 16, "heads": 2, "layers": 1, "vocab": 50}
+    setup = gpt2_generate._build(ctx, shape, 1, 6)
+    assert setup.reference is not None
+    with torch.no_grad():
+        assert setup.ours().shape == (1, gpt2_generate.PROMPT + 6)
+    assert max_abs_diff(setup.ours(), setup.reference()) == 0.0
+
+
+def test_model_suites_are_skipped_with_a_note_without_transformers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctx = Context(device=torch.device("cpu"), dtype=torch.float32, profile="tiny")
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "transformers" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    try:
+        for name in MODEL_SUITES:
+            module = importlib.reload(importlib.import_module(f"benchmarks.suites.{name}"))
+            assert module.SUITE.cases(ctx) == []
+            assert module.SUITE.note.startswith("Skipped: `transformers` is not installed")
+            table = suite_table(module.SUITE, [], with_memory=False)
+            assert "Skipped" in table
+    finally:
+        monkeypatch.undo()
+        for name in MODEL_SUITES:
+            importlib.reload(importlib.import_module(f"benchmarks.suites.{name}"))
 
 
 def test_plots_are_written_when_matplotlib_is_installed(

@@ -12,7 +12,16 @@ import importlib
 from ..harness import Suite
 
 # Run order; each name is both the ``--only`` name and the module defining ``SUITE``.
-SUITES: tuple[str, ...] = ("attend", "mha", "entmax", "sliding_window", "pkm", "additive")
+SUITES: tuple[str, ...] = (
+    "attend",
+    "mha",
+    "entmax",
+    "sliding_window",
+    "pkm",
+    "additive",
+    "bert",
+    "gpt2_generate",
+)
 
 
 def load(name: str) -> Suite:
