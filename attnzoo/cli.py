@@ -54,6 +54,11 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "text-CNN vs attention BiLSTM vs hierarchical attention network",
     ),
     "snail": ("snail", "run_snail_demo", "SNAIL meta-learns 5-way 1-shot episodes"),
+    "bert2bert": (
+        "encoder_decoder",
+        "run_demo",
+        "two BERT checkpoints warm-start an encoder-decoder that learns to copy",
+    ),
 }
 
 

@@ -42,6 +42,7 @@ from .embeddings import (
     SinusoidalPositionalEmbedding,
     TokenEmbedding,
 )
+from .encoder_decoder import EncoderDecoderModel
 from .feed_forward import FeedForward
 from .generation import beam_search, greedy_search, reorder_state
 from .gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, few_shot_classify
@@ -93,6 +94,7 @@ __all__ = [
     "DistilBertForMaskedLM",
     "DistilBertModel",
     "Embeddings",
+    "EncoderDecoderModel",
     "EncoderLayer",
     "FeedForward",
     "GPT2Config",
