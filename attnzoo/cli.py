@@ -54,6 +54,16 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "text-CNN vs attention BiLSTM vs hierarchical attention network",
     ),
     "snail": ("snail", "run_snail_demo", "SNAIL meta-learns 5-way 1-shot episodes"),
+    "bert-pretraining": (
+        "objectives",
+        "run_bert_pretraining_demo",
+        "a tiny BERT pretrained from scratch (WordPiece, MLM + NSP): both losses fall",
+    ),
+    "gpt2-pretraining": (
+        "objectives",
+        "run_gpt2_pretraining_demo",
+        "a tiny GPT-2 pretrained from scratch (BPE, causal LM): the loss falls",
+    ),
     "bert2bert": (
         "encoder_decoder",
         "run_demo",

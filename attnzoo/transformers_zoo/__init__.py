@@ -54,6 +54,16 @@ from .han import (
 )
 from .layers import DecoderLayer, EncoderLayer, LayerCache
 from .ntm import NTM, LSTMBaseline, NTMConfig
+from .objectives import (
+    DynamicMaskingCollator,
+    build_pmi_vocabulary,
+    causal_lm_labels,
+    mask_tokens,
+    nsp_pairs,
+    pmi_mask_tokens,
+    sop_pairs,
+    tlm_batch,
+)
 from .pointer_network import PointerNetwork, PointerNetworkConfig
 from .rnn_seq2seq import RNNSeq2Seq, RNNSeq2SeqConfig
 from .roberta import RobertaConfig, RobertaForMaskedLM, RobertaModel
@@ -93,6 +103,7 @@ __all__ = [
     "DistilBertConfig",
     "DistilBertForMaskedLM",
     "DistilBertModel",
+    "DynamicMaskingCollator",
     "Embeddings",
     "EncoderDecoderModel",
     "EncoderLayer",
@@ -135,10 +146,17 @@ __all__ = [
     "XLMModel",
     "XLMWithLMHeadModel",
     "beam_search",
+    "build_pmi_vocabulary",
+    "causal_lm_labels",
     "few_shot_classify",
     "fit",
     "greedy_search",
+    "mask_tokens",
+    "nsp_pairs",
+    "pmi_mask_tokens",
     "read_hf_directory",
     "reorder_state",
+    "sop_pairs",
+    "tlm_batch",
     "write_hf_directory",
 ]
