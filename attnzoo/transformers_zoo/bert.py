@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.validation import check_rank, check_tensor, check_token_ids
-from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .embeddings import Embeddings
 from .feed_forward import activate
 from .stacks import StackConfig, TransformerEncoder
@@ -66,6 +66,7 @@ class BertConfig:
         type_vocab_size: number of segment types.
         layer_norm_eps: epsilon of every LayerNorm.
         pad_token_id: the padding token (its embedding row is kept at zero).
+        initializer_range: std of the normal initialisation of a model built from scratch.
         num_labels: outputs of the classification heads (2 for question answering).
         classifier_dropout: dropout before the classifiers; default ``hidden_dropout_prob``.
         problem_type: sequence-classification loss: ``"regression"`` (MSE),
@@ -88,6 +89,7 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    initializer_range: float = 0.02
     num_labels: int = 2
     classifier_dropout: float | None = None
     problem_type: str | None = None
@@ -150,7 +152,6 @@ class BertConfig:
         hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
         hf["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
         hf.update(model_type=self.model_type, position_embedding_type="absolute")
-        hf.setdefault("initializer_range", 0.02)
         return hf
 
 
@@ -303,6 +304,13 @@ class BertPreTrainedModel(PretrainedMixin, nn.Module):
 
     config: BertConfig
 
+    def init_weights(self) -> None:
+        """Hugging Face's initialisation: normal(0, ``initializer_range``) for linear and
+        embedding weights, zero biases and padding rows, LayerNorm 1 and 0. PyTorch's
+        defaults (unit-normal embeddings feeding a tied output layer) start pretraining far
+        above the chance-level loss; checkpoints overwrite all of it."""
+        init_hf_weights(self, self.config.initializer_range)
+
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> BertConfig:
         return cls.config_class.from_hf(hf)  # type: ignore[attr-defined, no-any-return]
@@ -361,6 +369,7 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = self.embeddings_class(config)
         self.encoder = TransformerEncoder(config.stack_config())
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
 
     def forward(
         self,
@@ -462,6 +471,7 @@ class BertForMaskedLM(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = BertHeads(config, next_sentence=False)
+        self.init_weights()
 
     def forward(
         self,
@@ -504,6 +514,7 @@ class BertForPreTraining(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config)
         self.cls = BertHeads(config, next_sentence=True)
+        self.init_weights()
 
     def forward(
         self,
@@ -580,6 +591,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.bert = BertModel(config)
         self.dropout = self._classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
 
     def forward(
         self,
@@ -620,6 +632,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=False)
         self.dropout = self._classifier_dropout()
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
 
     def forward(
         self,
@@ -666,6 +679,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
 
     def forward(
         self,

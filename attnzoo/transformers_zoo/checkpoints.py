@@ -206,6 +206,29 @@ def hf_activation(name: str, field: str) -> str:
     return HF_ACTIVATIONS[name]
 
 
+def init_hf_weights(model: nn.Module, std: float = 0.02) -> None:
+    """Hugging Face's initialisation: normal(0, ``std``) weights for linear and embedding
+    layers, zero biases (and padding rows), LayerNorm weight 1 and bias 0.
+
+    PyTorch's default embedding init (unit normal) with an output layer tied to the
+    embeddings gives initial logits of size ~sqrt(hidden) and a first loss far above
+    ``log(vocab_size)``; the small init starts the runs at that chance level.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 def hf_attention_mask(attention_mask: Tensor | None, shape: Sequence[int]) -> Tensor | None:
     """Hugging Face's ``attention_mask`` as the library's boolean key-padding mask.
 
@@ -329,6 +352,7 @@ __all__ = [
     "PretrainedMixin",
     "hf_activation",
     "hf_attention_mask",
+    "init_hf_weights",
     "load_state_strict",
     "read_hf_directory",
     "rename_keys",

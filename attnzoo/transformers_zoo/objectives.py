@@ -755,29 +755,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 120) -> Any:
     return tokenizer
 
 
-def init_hf_weights(model: torch.nn.Module, std: float = 0.02) -> None:
-    """Hugging Face's initialisation: normal(0, ``std``) weights for linear and embedding
-    layers, zero biases (and padding rows), LayerNorm weight 1 and bias 0.
-
-    PyTorch's default embedding init (unit normal) with an output layer tied to the
-    embeddings gives initial logits of size ~sqrt(hidden) and a first loss far above
-    ``log(vocab_size)``; the small init starts the runs at that chance level.
-    """
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, torch.nn.Embedding):
-            torch.nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, torch.nn.LayerNorm):
-            torch.nn.init.ones_(module.weight)
-            torch.nn.init.zeros_(module.bias)
-
-
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
@@ -820,7 +797,6 @@ def run_bert_pretraining_demo(
         pad_token_id=pad_id,
     )
     model = BertForPreTraining(config)
-    init_hf_weights(model)
     generator = torch.Generator().manual_seed(seed)
     mlm_losses: list[float] = []
     nsp_losses: list[float] = []
@@ -938,7 +914,6 @@ __all__ = [
     "build_pmi_vocabulary",
     "causal_lm_labels",
     "encode_pair",
-    "init_hf_weights",
     "mask_tokens",
     "ngram_pmi",
     "nsp_pairs",

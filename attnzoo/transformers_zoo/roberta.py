@@ -128,6 +128,7 @@ class RobertaForMaskedLM(RobertaPreTrainedModel):
         self.config = config
         self.roberta = RobertaModel(config, add_pooling_layer=False)
         self.lm_head = RobertaLMHead(config)
+        self.init_weights()
 
     def forward(
         self,
