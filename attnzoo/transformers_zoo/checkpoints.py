@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -229,6 +229,10 @@ def init_hf_weights(model: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(module.bias)
 
 
+@overload
+def hf_attention_mask(attention_mask: None, shape: Sequence[int]) -> None: ...
+@overload
+def hf_attention_mask(attention_mask: Tensor, shape: Sequence[int]) -> Tensor: ...
 def hf_attention_mask(attention_mask: Tensor | None, shape: Sequence[int]) -> Tensor | None:
     """Hugging Face's ``attention_mask`` as the library's boolean key-padding mask.
 
