@@ -66,7 +66,7 @@ from ..attention.validation import (
     check_token_ids,
 )
 from .bert import masked_lm_loss
-from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .embeddings import Embeddings
 from .embeddings import position_ids as default_position_ids
 from .feed_forward import activate
@@ -119,25 +119,6 @@ def embed(
         raise ValueError("`token_type_ids` given, but the model has no segment embedding")
     assert embeddings.norm is not None
     return embeddings.dropout(embeddings.norm(x))
-
-
-def init_weights(module: nn.Module, std: float) -> None:
-    """Hugging Face's BERT-style initialisation: linear and embedding weights from
-    ``N(0, std)``, biases zero, LayerNorm ``(1, 0)``, padding rows zero."""
-    for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            nn.init.normal_(sub.weight, std=std)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
-        elif isinstance(sub, nn.Embedding):
-            nn.init.normal_(sub.weight, std=std)
-            if sub.padding_idx is not None:
-                with torch.no_grad():
-                    sub.weight[sub.padding_idx].zero_()
-        elif isinstance(sub, nn.LayerNorm):
-            nn.init.ones_(sub.weight)
-            if sub.bias is not None:
-                nn.init.zeros_(sub.bias)
 
 
 def config_from_dict(config_class: type, hf: dict[str, Any], model_type: str) -> Any:
@@ -392,7 +373,7 @@ class AlbertModel(_AlbertPretrained, nn.Module):
         self.pooler = (
             nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
         )
-        init_weights(self, config.initializer_range)
+        init_hf_weights(self, config.initializer_range)
 
     def group_of_layer(self, index: int) -> int:
         """Which of ``layer_groups`` computes layer ``index`` (Hugging Face's formula)."""
@@ -500,8 +481,8 @@ class AlbertForPreTraining(_AlbertPretrained, nn.Module):
         self.predictions = AlbertMLMHead(config)
         self.sop_dropout = nn.Dropout(config.classifier_dropout_prob)
         self.sop_classifier = nn.Linear(config.hidden_size, config.num_labels)
-        init_weights(self.predictions, config.initializer_range)
-        init_weights(self.sop_classifier, config.initializer_range)
+        init_hf_weights(self.predictions, config.initializer_range)
+        init_hf_weights(self.sop_classifier, config.initializer_range)
         nn.init.zeros_(self.predictions.bias)
 
     def forward(

@@ -226,7 +226,8 @@ def init_hf_weights(model: nn.Module, std: float = 0.02) -> None:
                     module.weight[module.padding_idx].zero_()
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 @overload

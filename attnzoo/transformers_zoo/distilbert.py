@@ -50,10 +50,9 @@ from .albert import (
     config_from_dict,
     drop_tied_copy,
     embed,
-    init_weights,
 )
 from .bert import masked_lm_loss
-from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .embeddings import Embeddings, sinusoidal_table
 from .feed_forward import activate
 from .stacks import StackConfig, StackOutput, TransformerEncoder
@@ -207,7 +206,7 @@ class DistilBertModel(_DistilBertPretrained, nn.Module):
             padding_idx=config.pad_token_id,
         )
         self.encoder = TransformerEncoder(config.stack_config())
-        init_weights(self, config.initializer_range)
+        init_hf_weights(self, config.initializer_range)
         if config.sinusoidal_pos_embds:
             position = self.embeddings.position_embeddings
             assert position is not None
@@ -294,7 +293,7 @@ class DistilBertForMaskedLM(_DistilBertPretrained, nn.Module):
         self.vocab_projector = VocabProjector(
             config.dim, config.vocab_size, config.tie_word_embeddings
         )
-        init_weights(self.vocab_transform, config.initializer_range)
+        init_hf_weights(self.vocab_transform, config.initializer_range)
         if self.vocab_projector.weight is not None:
             nn.init.normal_(self.vocab_projector.weight, std=config.initializer_range)
 
