@@ -16,7 +16,8 @@ Stands on :mod:`attnzoo.attention`.
 * Pretrained families on the same blocks, loading and saving Hugging Face-format
   directories (``from_pretrained`` / ``save_pretrained``, strict key maps, no network):
   BERT (:class:`BertModel` and its heads), RoBERTa, ALBERT, DistilBERT, GPT-2 (with
-  :meth:`GPT2LMHeadModel.generate`) and XLM, each equal to ``transformers``.
+  :meth:`GPT2LMHeadModel.generate`), XLNet (two-stream relative attention) and XLM,
+  each equal to ``transformers``; :class:`EncoderDecoderModel` pairs two of them.
 * Decoding for any step function: :func:`greedy_search`, :func:`beam_search`; the
   training loop :func:`fit`; seeded tasks in :mod:`attnzoo.transformers_zoo.tasks`.
 """
@@ -80,6 +81,7 @@ from .text_cnn import TextCNN, TextCNNConfig
 from .training import TrainConfig, TrainHistory, fit
 from .transformer import Transformer, TransformerConfig
 from .xlm import XLMConfig, XLMModel, XLMWithLMHeadModel
+from .xlnet import XLNetConfig, XLNetLMHeadModel, XLNetModel
 
 __all__ = [
     "ACT",
@@ -145,6 +147,9 @@ __all__ = [
     "XLMConfig",
     "XLMModel",
     "XLMWithLMHeadModel",
+    "XLNetConfig",
+    "XLNetLMHeadModel",
+    "XLNetModel",
     "beam_search",
     "build_pmi_vocabulary",
     "causal_lm_labels",
