@@ -199,6 +199,19 @@ def _scores(*shape: int, seed: int = 0) -> torch.Tensor:
     return (2 * torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_()
 
 
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_gradcheck_softmax_with_a_masked_entry_and_an_empty_slice(dim):
+    x = _scores(2, 5, 4).detach()
+    x[0, 1, 0] = float("-inf")  # one masked score
+    x[1, :, 2] = float("-inf")  # along dim=1 an empty slice; along -1 masked entries
+    x.requires_grad_()
+
+    def finite_part(t):  # gradcheck perturbs inputs; keep the -inf entries fixed
+        return softmax(torch.where(torch.isneginf(x), x.detach(), t), dim=dim)
+
+    assert torch.autograd.gradcheck(finite_part, (x,))
+
+
 @pytest.mark.parametrize("fn", [sparsemax, entmax15], ids=["sparsemax", "entmax15"])
 @pytest.mark.parametrize("dim", [-1, 1])
 def test_gradcheck_sort_based(fn, dim):
