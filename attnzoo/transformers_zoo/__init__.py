@@ -45,7 +45,16 @@ from .embeddings import (
 )
 from .encoder_decoder import EncoderDecoderModel
 from .feed_forward import FeedForward
-from .generation import beam_search, greedy_search, reorder_state
+from .generation import (
+    GenerationOptions,
+    apply_repetition_penalty,
+    beam_search,
+    generate_tokens,
+    greedy_search,
+    reorder_state,
+    top_k_filter,
+    top_p_filter,
+)
 from .gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, few_shot_classify
 from .han import (
     AttentionBiLSTM,
@@ -113,6 +122,7 @@ __all__ = [
     "GPT2Config",
     "GPT2LMHeadModel",
     "GPT2Model",
+    "GenerationOptions",
     "HANConfig",
     "HierarchicalAttentionNetwork",
     "LSTMBaseline",
@@ -150,11 +160,13 @@ __all__ = [
     "XLNetConfig",
     "XLNetLMHeadModel",
     "XLNetModel",
+    "apply_repetition_penalty",
     "beam_search",
     "build_pmi_vocabulary",
     "causal_lm_labels",
     "few_shot_classify",
     "fit",
+    "generate_tokens",
     "greedy_search",
     "mask_tokens",
     "nsp_pairs",
@@ -163,5 +175,7 @@ __all__ = [
     "reorder_state",
     "sop_pairs",
     "tlm_batch",
+    "top_k_filter",
+    "top_p_filter",
     "write_hf_directory",
 ]

@@ -41,6 +41,8 @@ from ..attention.validation import check_positive
 from .tasks.sequences import PAD
 
 State = Any
+# An id no vocabulary reaches: the EOS of a search that must run to its length limit.
+NO_TOKEN = 2**62
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 T = TypeVar("T")
 
@@ -213,17 +215,37 @@ def greedy_search(
     """
     _check_search_args(batch_size, bos, eos, max_len, pad)
     device = _resolve_device(state, device)
-    tokens = torch.full((batch_size,), bos, dtype=torch.long, device=device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    start = torch.full((batch_size,), bos, dtype=torch.long, device=device)
+    return _decode(step, state, start, eos, pad, max_len, lambda scores, _: scores.argmax(-1))
+
+
+def _decode(
+    step: StepFn,
+    state: State,
+    start: Tensor,
+    eos: int | None,
+    pad: int,
+    max_len: int,
+    choose: Callable[[Tensor, int], Tensor],
+) -> Tensor:
+    """The token-by-token loop shared by greedy search and sampling.
+
+    ``choose(scores (N, vocab), index) -> (N,)`` picks each row's next token from the
+    step's scores at generation step ``index`` (0-based). A finished row is fed its EOS
+    once, then ``pad``; the loop stops when every row is finished or after ``max_len``.
+    Returns ``(N, n)`` int64, ``n <= max_len``.
+    """
+    tokens = start
+    finished = torch.zeros_like(start, dtype=torch.bool)
     outputs: list[Tensor] = []
-    for _ in range(max_len):
-        log_probs, state = _call_step(step, tokens, state)
-        tokens = log_probs.argmax(dim=-1).to(device)
-        tokens = tokens.masked_fill(finished, pad)
+    for index in range(max_len):
+        scores, state = _call_step(step, tokens, state)
+        tokens = choose(scores, index).to(start.device).masked_fill(finished, pad)
         outputs.append(tokens)
-        finished = finished | (tokens == eos)
-        if bool(finished.all()):
-            break
+        if eos is not None:
+            finished = finished | (tokens == eos)
+            if bool(finished.all()):
+                break
     return torch.stack(outputs, dim=1)
 
 
@@ -421,9 +443,240 @@ def beam_search(
     return _pack(best_tokens, pad, device), torch.tensor(best_scores, device=device)
 
 
+# ---------------------------------------------------------------------------------------
+# Logits processing and sampling: the full generate() of every language-model head
+# ---------------------------------------------------------------------------------------
+
+
+def apply_repetition_penalty(
+    scores: Tensor, tokens: Tensor, penalty: float, mask: Tensor | None = None
+) -> Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019, as Hugging Face applies it).
+
+    Every token id present in a row of ``tokens`` (where ``mask`` is True) has its score
+    divided by ``penalty`` if positive, multiplied by it if negative; each id once.
+
+    Args:
+        scores: ``(N, vocab)`` logits (or log-probabilities).
+        tokens: ``(N, n)`` ids seen so far.
+        penalty: > 0; 1 changes nothing, > 1 discourages repeats.
+        mask: ``(N, n)`` bool, True = count this token (default all).
+
+    Returns:
+        ``(N, vocab)`` new scores.
+    """
+    if penalty == 1.0:
+        return scores
+    keep = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+    # Count occurrences (scatter_add) so that a masked copy of an id never hides a real one.
+    counts = torch.zeros_like(scores, dtype=torch.float32)
+    seen = counts.scatter_add(1, tokens, keep.to(torch.float32)) > 0
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalised, scores)
+
+
+def top_k_filter(scores: Tensor, k: int) -> Tensor:
+    """Set every score below the ``k``-th largest of its row to ``-inf`` (ties kept).
+
+    ``(N, vocab) -> (N, vocab)``.
+    """
+    _check_count(k, "k")
+    k = min(k, scores.shape[-1])
+    threshold = scores.topk(k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < threshold, -math.inf)
+
+
+def top_p_filter(scores: Tensor, p: float) -> Tensor:
+    """Nucleus filter (Holtzman et al. 2020): keep the most probable tokens whose total
+    probability reaches ``p`` (at least one), set the rest to ``-inf``.
+
+    As Hugging Face: tokens sorted by increasing probability are removed while the
+    cumulative probability stays ``<= 1 - p``. ``(N, vocab) -> (N, vocab)``.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"`p` must be in (0, 1], got {p}")
+    sorted_scores, order = scores.sort(dim=-1)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= 1 - p
+    remove[..., -1] = False
+    return scores.masked_fill(remove.scatter(-1, order, remove), -math.inf)
+
+
+def _check_count(value: object, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """How :func:`generate_tokens` picks tokens (Hugging Face's names and meanings).
+
+    Attributes:
+        max_new_tokens: the most tokens generated per row (EOS included).
+        min_new_tokens: EOS is forbidden before this many new tokens.
+        do_sample: sample instead of taking the argmax (``num_beams`` must be 1).
+        temperature: logits are divided by it when sampling (> 0).
+        top_k: keep the ``top_k`` most probable tokens when sampling.
+        top_p: nucleus sampling, keep the smallest set with probability >= ``top_p``.
+        repetition_penalty: CTRL's rule (:func:`apply_repetition_penalty`) on every token
+            already in a row (the prompt's real tokens and the generated ones).
+        num_beams: beam width; 1 = no beam search.
+        length_penalty: beam search's GNMT exponent (:func:`beam_search`).
+    """
+
+    max_new_tokens: int = 20
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_count(self.max_new_tokens, "max_new_tokens")
+        _check_count(self.min_new_tokens, "min_new_tokens", minimum=0)
+        _check_count(self.num_beams, "num_beams")
+        if not self.temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature}")
+        if self.top_k is not None:
+            _check_count(self.top_k, "top_k")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"`repetition_penalty` must be > 0, got {self.repetition_penalty}")
+        if self.do_sample and self.num_beams > 1:
+            raise ValueError(f"`do_sample=True` needs `num_beams=1`, got {self.num_beams}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"`length_penalty` must be finite, got {self.length_penalty}")
+
+    def warp(self, scores: Tensor) -> Tensor:
+        """Sampling's temperature, then top-k, then top-p, on ``(N, vocab)`` scores."""
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_k is not None:
+            scores = top_k_filter(scores, self.top_k)
+        if self.top_p is not None and self.top_p < 1.0:
+            scores = top_p_filter(scores, self.top_p)
+        return scores
+
+
+def generate_tokens(
+    step: StepFn,
+    state: State,
+    start: int,
+    *,
+    history: Tensor,
+    history_mask: Tensor | None = None,
+    eos: int | None,
+    pad: int,
+    options: GenerationOptions,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Generate with greedy search, sampling or beam search from any language-model step.
+
+    Logits are processed as Hugging Face does: repetition penalty, then EOS suppression
+    before ``min_new_tokens``, then (sampling only) temperature, top-k and top-p. Beam
+    search applies the first two to the log-probabilities, as Hugging Face does.
+
+    Args:
+        step: ``(prev_tokens (N,), state) -> (logits (N, vocab), new_state)``; its first
+            call receives ``start``, later calls the previous step's tokens.
+        state: the model's initial state, batch-first tensors (see :func:`reorder_state`).
+        start: the token id fed to the first call of ``step`` (a decoder's start token, or
+            any id for a model that starts from its prompt and ignores it).
+        history: ``(batch, n)`` int64, the ids the repetition penalty counts at the start
+            (the prompt, or a decoder's start token); it sets the batch size and device.
+        history_mask: ``(batch, n)`` bool, True = a real token of ``history`` (padding is
+            not penalised); default all real.
+        eos: stop a row after it; None = every row runs to ``max_new_tokens``.
+        pad: written after a row's EOS.
+        options: :class:`GenerationOptions`.
+        generator: random generator for sampling (reproducible draws).
+
+    Returns:
+        ``(batch, n_new)`` int64, EOS included, ``pad`` after it, ``n_new <= max_new_tokens``.
+    """
+    if not isinstance(options, GenerationOptions):
+        raise TypeError(f"`options` must be a GenerationOptions, got {type(options).__name__}")
+    _check_token(start, "start")
+    if history.dim() != 2:
+        raise ValueError(f"`history` must have shape (batch, n), got {tuple(history.shape)}")
+    batch, device = history.shape[0], history.device
+    mask = torch.ones_like(history, dtype=torch.bool) if history_mask is None else history_mask
+    penalise = options.repetition_penalty != 1.0
+    # The ids seen so far ride in the search state, so that beam search reorders them with
+    # the beams; they are tracked only when the repetition penalty needs them.
+    wrapped = {
+        "model": state,
+        "history": history if penalise else None,
+        "mask": mask,
+        "generated": 0,
+    }
+    started = [False]
+
+    def process(scores: Tensor, wrapped: dict[str, Any], generated: int) -> Tensor:
+        if penalise:
+            scores = apply_repetition_penalty(
+                scores, wrapped["history"], options.repetition_penalty, wrapped["mask"]
+            )
+        if eos is not None and generated < options.min_new_tokens:
+            scores = scores.clone()
+            scores[:, eos] = -math.inf
+        return scores
+
+    def processed_step(prev: Tensor, wrapped: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        if started[0] and penalise:
+            wrapped = {
+                **wrapped,
+                "history": torch.cat([wrapped["history"], prev[:, None]], dim=1),
+                "mask": torch.nn.functional.pad(wrapped["mask"], (0, 1), value=True),
+            }
+        generated = wrapped["generated"]
+        logits, model_state = step(prev, wrapped["model"])
+        started[0] = True
+        if options.num_beams > 1:
+            logits = logits.float().log_softmax(dim=-1)
+        scores = process(logits, wrapped, generated)
+        return scores, {**wrapped, "model": model_state, "generated": generated + 1}
+
+    if options.num_beams > 1:
+        new, _ = beam_search(
+            processed_step,
+            wrapped,
+            batch,
+            bos=start,
+            eos=NO_TOKEN if eos is None else eos,
+            max_len=options.max_new_tokens,
+            beam_width=options.num_beams,
+            length_penalty=options.length_penalty,
+            pad=pad,
+            device=device,
+        )
+        return new
+
+    def choose(scores: Tensor, index: int) -> Tensor:
+        if not options.do_sample:
+            return scores.argmax(dim=-1)
+        probs = options.warp(scores).float().softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    first = torch.full((batch,), start, dtype=torch.long, device=device)
+    return _decode(processed_step, wrapped, first, eos, pad, options.max_new_tokens, choose)
+
+
 __all__ = [
+    "GenerationOptions",
+    "apply_repetition_penalty",
     "beam_search",
+    "generate_tokens",
     "greedy_search",
     "length_penalty_factor",
     "reorder_state",
+    "top_k_filter",
+    "top_p_filter",
 ]

@@ -53,9 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.validation import check_int, check_probability, check_rank
-from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask
+from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, rename_keys
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
-from .generation import beam_search
+from .generation import GenerationOptions, generate_tokens
 from .layers import LayerCache
 from .stacks import StackConfig, TransformerDecoder
 
@@ -173,7 +173,8 @@ def gpt2_config_from_hf(hf: dict[str, Any]) -> GPT2Config:
     return GPT2Config(**{name: hf[name] for name in _CONFIG_FIELDS if name in hf})
 
 
-def _config_to_hf(config: GPT2Config) -> dict[str, Any]:
+def gpt2_config_to_hf(config: GPT2Config) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` dict of ``config`` (a ``GPT2LMHeadModel``)."""
     hf = {name: getattr(config, name) for name in _CONFIG_FIELDS}
     hf.update(_UNSUPPORTED_HF)
     hf.update(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_ctx=config.n_positions)
@@ -246,6 +247,13 @@ def gpt2_state_from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
         else:
             out[key] = value
     return out
+
+
+def gpt2_state_to_hf(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Library state (keys starting at ``prefix``, e.g. ``""`` or ``"transformer."``) ->
+    Hugging Face names: query/key/value fused into ``c_attn``, Conv1D weights transposed to
+    ``(in, out)``. The inverse of :func:`gpt2_state_from_hf` after renaming."""
+    return rename_keys(_state_to_hf(state), _zoo_rules(prefix))
 
 
 def _state_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -370,7 +378,7 @@ class GPT2Model(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_to_hf(cls, config: GPT2Config) -> dict[str, Any]:
-        return _config_to_hf(config)
+        return gpt2_config_to_hf(config)
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -487,7 +495,7 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_to_hf(cls, config: GPT2Config) -> dict[str, Any]:
-        return _config_to_hf(config)
+        return gpt2_config_to_hf(config)
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -615,19 +623,17 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
         """
         check_rank(input_ids, 2, "input_ids", "(batch, n)")
         batch, n = input_ids.shape
-        check_int(max_new_tokens, "max_new_tokens")
-        check_int(min_new_tokens, "min_new_tokens", minimum=0)
-        check_int(num_beams, "num_beams")
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}")
-        if top_k is not None:
-            check_int(top_k, "top_k")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}")
-        if not repetition_penalty > 0:
-            raise ValueError(f"`repetition_penalty` must be > 0, got {repetition_penalty}")
-        if do_sample and num_beams > 1:
-            raise ValueError(f"`do_sample=True` needs `num_beams=1`, got {num_beams}")
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+        )
         if n + max_new_tokens > self.config.n_positions:
             raise ValueError(
                 f"`max_new_tokens` ({max_new_tokens}) + prompt length ({n}) must be <= "
@@ -653,165 +659,38 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
             "mask": mask,
             "positions": position_ids_from_attention_mask(mask),
         }
-        processors = _Processors(n, min_new_tokens, repetition_penalty, eos)
+        new = generate_tokens(
+            self._step,
+            state,
+            pad,  # ignored: the first step reads the prompt
+            history=input_ids,
+            history_mask=mask,
+            eos=eos,
+            pad=pad,
+            options=options,
+            generator=generator,
+        )
+        return torch.cat([input_ids, new], dim=1)
 
-        if num_beams > 1:
-            step = self._beam_step(processors)
-            # An EOS the vocabulary cannot produce: beams then run to max_new_tokens.
-            beam_eos = self.config.vocab_size if eos is None else eos
-            new, _ = beam_search(
-                step,
-                state,
-                batch,
-                bos=pad,
-                eos=beam_eos,
-                max_len=max_new_tokens,
-                beam_width=num_beams,
-                length_penalty=length_penalty,
-                pad=pad,
-                device=input_ids.device,
-            )
-            return torch.cat([input_ids, new], dim=1)
-
-        finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        outputs: list[Tensor] = []
-        next_tokens: Tensor | None = None
-        for _ in range(max_new_tokens):
-            logits, state = self._advance(next_tokens, state)
-            scores = processors(logits, state)
-            if do_sample:
-                scores = _warp(scores, temperature, top_k, top_p)
-                probs = scores.float().softmax(dim=-1)
-                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                next_tokens = scores.argmax(dim=-1)
-            next_tokens = next_tokens.masked_fill(finished, pad)
-            outputs.append(next_tokens)
-            if eos is not None:
-                finished = finished | (next_tokens == eos)
-                if bool(finished.all()):
-                    break
-        return torch.cat([input_ids, torch.stack(outputs, dim=1)], dim=1)
-
-    def _advance(self, new_tokens: Tensor | None, state: dict[str, Any]) -> tuple[Tensor, dict]:
-        """One forward: the whole prompt first (``new_tokens`` None), then one token.
+    def _step(self, prev_tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict]:
+        """One forward: the whole prompt first (empty cache), then the previous token.
 
         Returns the last position's logits ``(N, vocab)`` and the updated state (the cache
-        is extended in place; tokens, mask and positions are new tensors).
+        is extended in place; mask and positions are new tensors).
         """
         cache = state["cache"]
         if _cache_length(cache) == 0:
             ids, positions = state["tokens"], state["positions"]
         else:
-            assert new_tokens is not None
-            ids = new_tokens[:, None]
+            ids = prev_tokens[:, None]
             positions = state["positions"][:, -1:] + 1
             state = {
                 "cache": cache,
-                "tokens": torch.cat([state["tokens"], ids], dim=1),
                 "mask": F.pad(state["mask"], (0, 1), value=True),
                 "positions": positions,
             }
         out = self(ids, attention_mask=state["mask"], position_ids=positions, past_key_values=cache)
         return out.logits[:, -1], state
-
-    def _beam_step(
-        self, processors: _Processors
-    ) -> Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]:
-        started = [False]
-
-        def step(prev_tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-            # The first call's ``prev_tokens`` is the search's start token: the prompt
-            # stands in for it.
-            logits, state = self._advance(prev_tokens if started[0] else None, state)
-            started[0] = True
-            return processors(logits.float().log_softmax(dim=-1), state), state
-
-        return step
-
-
-# ---------------------------------------------------------------------------------------
-# Logits processing
-# ---------------------------------------------------------------------------------------
-
-
-def apply_repetition_penalty(
-    scores: Tensor, tokens: Tensor, penalty: float, mask: Tensor | None = None
-) -> Tensor:
-    """CTRL's repetition penalty (Keskar et al. 2019, as Hugging Face applies it).
-
-    Every token id present in a row of ``tokens`` (where ``mask`` is True) has its score
-    divided by ``penalty`` if positive, multiplied by it if negative; each id once.
-
-    Args:
-        scores: ``(N, vocab)`` logits (or log-probabilities).
-        tokens: ``(N, n)`` ids seen so far.
-        penalty: > 0; 1 changes nothing, > 1 discourages repeats.
-        mask: ``(N, n)`` bool, True = count this token (default all).
-
-    Returns:
-        ``(N, vocab)`` new scores.
-    """
-    if penalty == 1.0:
-        return scores
-    keep = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
-    # Count occurrences (scatter_add) so that a masked copy of an id never hides a real one.
-    counts = torch.zeros_like(scores, dtype=torch.float32)
-    seen = counts.scatter_add(1, tokens, keep.to(torch.float32)) > 0
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
-
-
-def top_k_filter(scores: Tensor, k: int) -> Tensor:
-    """Set every score below the ``k``-th largest of its row to ``-inf`` (ties kept).
-
-    ``(N, vocab) -> (N, vocab)``.
-    """
-    check_int(k, "k")
-    k = min(k, scores.shape[-1])
-    threshold = scores.topk(k, dim=-1).values[..., -1:]
-    return scores.masked_fill(scores < threshold, -math.inf)
-
-
-def top_p_filter(scores: Tensor, p: float) -> Tensor:
-    """Nucleus filter (Holtzman et al. 2020): keep the most probable tokens whose total
-    probability reaches ``p`` (at least one), set the rest to ``-inf``.
-
-    As Hugging Face: tokens sorted by increasing probability are removed while the
-    cumulative probability stays ``<= 1 - p``. ``(N, vocab) -> (N, vocab)``.
-    """
-    if not 0 < p <= 1:
-        raise ValueError(f"`p` must be in (0, 1], got {p}")
-    sorted_scores, order = scores.sort(dim=-1)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= 1 - p
-    remove[..., -1] = False
-    return scores.masked_fill(remove.scatter(-1, order, remove), -math.inf)
-
-
-def _warp(scores: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
-    if temperature != 1.0:
-        scores = scores / temperature
-    if top_k is not None:
-        scores = top_k_filter(scores, top_k)
-    if top_p is not None and top_p < 1.0:
-        scores = top_p_filter(scores, top_p)
-    return scores
-
-
-class _Processors:
-    """Repetition penalty and ``min_new_tokens``, applied to one step's scores."""
-
-    def __init__(self, prompt_len: int, min_new: int, penalty: float, eos: int | None) -> None:
-        self.prompt_len, self.min_new, self.penalty, self.eos = prompt_len, min_new, penalty, eos
-
-    def __call__(self, scores: Tensor, state: dict[str, Any]) -> Tensor:
-        scores = apply_repetition_penalty(scores, state["tokens"], self.penalty, state["mask"])
-        generated = state["tokens"].shape[1] - self.prompt_len
-        if self.eos is not None and generated < self.min_new:
-            scores = scores.clone()
-            scores[:, self.eos] = -math.inf
-        return scores
 
 
 # ---------------------------------------------------------------------------------------
@@ -876,13 +755,12 @@ __all__ = [
     "GPT2LMHeadModel",
     "GPT2Model",
     "GPT2Output",
-    "apply_repetition_penalty",
     "few_shot_classify",
     "format_few_shot",
     "gpt2_config_from_hf",
+    "gpt2_config_to_hf",
     "gpt2_hf_to_zoo_rules",
     "gpt2_state_from_hf",
+    "gpt2_state_to_hf",
     "position_ids_from_attention_mask",
-    "top_k_filter",
-    "top_p_filter",
 ]

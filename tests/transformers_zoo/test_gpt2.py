@@ -8,16 +8,18 @@ import pytest
 import torch
 import transformers
 
+from attnzoo.transformers_zoo.generation import (
+    apply_repetition_penalty,
+    top_k_filter,
+    top_p_filter,
+)
 from attnzoo.transformers_zoo.gpt2 import (
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Model,
-    apply_repetition_penalty,
     few_shot_classify,
     format_few_shot,
     position_ids_from_attention_mask,
-    top_k_filter,
-    top_p_filter,
 )
 
 TOL = 1e-5
