@@ -68,10 +68,23 @@ from torch import Tensor, nn
 from ..attention.validation import check_int, check_rank, check_token_ids
 from .bert import HF_TO_ZOO_RULES as BERT_HF_TO_ZOO_RULES
 from .bert import BertConfig, BertEmbeddings, BertHeads, BertModel
-from .checkpoints import hf_attention_mask, load_state_strict, read_hf_directory, rename_keys
+from .checkpoints import (
+    hf_attention_mask,
+    load_state_strict,
+    read_hf_directory,
+    rename_keys,
+    write_hf_directory,
+)
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
-from .generation import beam_search, greedy_search
-from .gpt2 import GPT2Config, gpt2_config_from_hf, gpt2_hf_to_zoo_rules, gpt2_state_from_hf
+from .generation import GenerationOptions, generate_tokens
+from .gpt2 import (
+    GPT2Config,
+    gpt2_config_from_hf,
+    gpt2_config_to_hf,
+    gpt2_hf_to_zoo_rules,
+    gpt2_state_from_hf,
+    gpt2_state_to_hf,
+)
 from .layers import LayerCache
 from .stacks import StackOutput, TransformerDecoder
 
@@ -156,6 +169,28 @@ BERT_DECODER_HF_RULES: tuple[tuple[str, str], ...] = (
 """Hugging Face BERT (``BertModel``, ``BertLMHeadModel``, ``BertForMaskedLM``,
 ``BertForPreTraining``) -> :class:`BertDecoder` key rules."""
 
+_ZOO_LAYER = r"^decoder\.layers\.(\d+)\."
+_HF_LAYER = r"bert.encoder.layer.\1."
+BERT_DECODER_ZOO_RULES: tuple[tuple[str, str], ...] = (
+    (_ZOO_LAYER + r"self_attention\.(query|key|value)\.", _HF_LAYER + r"attention.self.\2."),
+    (_ZOO_LAYER + r"self_attention\.out\.", _HF_LAYER + "attention.output.dense."),
+    (_ZOO_LAYER + r"self_attention_norm\.", _HF_LAYER + "attention.output.LayerNorm."),
+    (
+        _ZOO_LAYER + r"cross_attention\.(query|key|value)\.",
+        _HF_LAYER + r"crossattention.self.\2.",
+    ),
+    (_ZOO_LAYER + r"cross_attention\.out\.", _HF_LAYER + "crossattention.output.dense."),
+    (_ZOO_LAYER + r"cross_attention_norm\.", _HF_LAYER + "crossattention.output.LayerNorm."),
+    (_ZOO_LAYER + r"ffn\.intermediate\.", _HF_LAYER + "intermediate.dense."),
+    (_ZOO_LAYER + r"ffn\.output\.", _HF_LAYER + "output.dense."),
+    (_ZOO_LAYER + r"ffn_norm\.", _HF_LAYER + "output.LayerNorm."),
+    (r"^embeddings\.norm\.", "bert.embeddings.LayerNorm."),
+    (r"^embeddings\.", "bert.embeddings."),
+    (r"^cls\.predictions\.transform\.norm\.", "cls.predictions.transform.LayerNorm."),
+)
+""":class:`BertDecoder` -> Hugging Face ``BertLMHeadModel`` key rules (the inverse of
+:data:`BERT_DECODER_HF_RULES`)."""
+
 
 class BertDecoder(nn.Module):
     """BERT as a causal decoder with cross-attention (Hugging Face ``BertLMHeadModel`` with
@@ -235,6 +270,19 @@ class BertDecoder(nn.Module):
         if not any(key.startswith("cls.predictions.") for key in state):
             new.append(r"^cls\.predictions\.")
         return tuple(new)
+
+    @classmethod
+    def config_to_hf(cls, config: BertConfig) -> dict[str, Any]:
+        """The ``config.json`` dict of a Hugging Face ``BertLMHeadModel`` decoder."""
+        hf = config.to_hf()
+        hf.update(is_decoder=True, add_cross_attention=True, architectures=["BertLMHeadModel"])
+        return hf
+
+    @classmethod
+    def state_to_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Hugging Face ``BertLMHeadModel`` names; the tied output matrix is not written
+        (Hugging Face ties it to the word embeddings on load)."""
+        return rename_keys(state, BERT_DECODER_ZOO_RULES)
 
     def forward(
         self,
@@ -376,6 +424,45 @@ class GPT2Decoder(nn.Module):
     def warm_start_new(cls, state: dict[str, Tensor]) -> tuple[str, ...]:
         """Regex patterns of the parameters a warm start initialises afresh."""
         return (r"\.cross_attention\.", r"\.cross_attention_norm\.")
+
+    @classmethod
+    def config_to_hf(cls, config: GPT2Config) -> dict[str, Any]:
+        """The ``config.json`` dict of a Hugging Face ``GPT2LMHeadModel`` with
+        cross-attention."""
+        return {**gpt2_config_to_hf(config), "add_cross_attention": True}
+
+    @classmethod
+    def state_to_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Fuse the cross-attention key/value into ``c_attn``, transpose to Conv1D, rename
+        to Hugging Face ``GPT2LMHeadModel`` names; the tied ``lm_head`` is not written."""
+        out: dict[str, Tensor] = {}
+        fused: dict[str, dict[str, Tensor]] = {}
+        for key, value in state.items():
+            if key == "lm_head.weight":
+                continue
+            match = re.match(
+                r"^decoder\.layers\.(\d+)\.cross_attention\.(\w+)\.(weight|bias)$", key
+            )
+            norm = re.match(r"^decoder\.layers\.(\d+)\.cross_attention_norm\.(.*)$", key)
+            if match:
+                layer, name, kind = match.groups()
+                base = f"transformer.h.{layer}.crossattention."
+                weight = value.t() if kind == "weight" else value
+                if name in ("key", "value"):
+                    fused.setdefault(f"{base}c_attn.{kind}", {})[name] = value
+                else:
+                    out[base + {"query": "q_attn", "out": "c_proj"}[name] + f".{kind}"] = weight
+            elif norm:
+                out[f"transformer.h.{norm.group(1)}.ln_cross_attn.{norm.group(2)}"] = value
+            else:
+                out[key] = value
+        for key, parts in fused.items():
+            joined = torch.cat([parts["key"], parts["value"]], dim=0)
+            out[key] = joined.t() if key.endswith("weight") else joined
+        rest = {k: v for k, v in out.items() if not k.startswith("transformer.h.")}
+        crossed = {k: v for k, v in out.items() if k.startswith("transformer.h.")}
+        renamed = {f"transformer.{key}": value for key, value in gpt2_state_to_hf(rest).items()}
+        return {**crossed, **renamed}
 
     def forward(
         self,
@@ -665,6 +752,32 @@ class EncoderDecoderModel(nn.Module):
         model.eval()
         return model
 
+    def save_pretrained(self, path: str | os.PathLike[str]) -> None:
+        """Write a Hugging Face ``EncoderDecoderModel`` directory: ``config.json`` with the
+        ``encoder`` and ``decoder`` configs and the token ids, and ``model.safetensors``
+        with ``encoder.*``, ``decoder.*`` (and ``enc_to_dec_proj.*``) weights; both this
+        class's :meth:`from_pretrained` and ``transformers.EncoderDecoderModel`` read it."""
+        encoder_class = type(self.encoder)
+        encoder_state = encoder_class.transform_to_hf(dict(self.encoder.state_dict()))
+        encoder_state = rename_keys(encoder_state, encoder_class.zoo_to_hf_rules)
+        decoder_state = type(self.decoder).state_to_hf(dict(self.decoder.state_dict()))
+        state = {f"encoder.{key}": value for key, value in encoder_state.items()}
+        state.update({f"decoder.{key}": value for key, value in decoder_state.items()})
+        if self.enc_to_dec_proj is not None:
+            for key, value in self.enc_to_dec_proj.state_dict().items():
+                state[f"enc_to_dec_proj.{key}"] = value
+        config = {
+            "model_type": "encoder-decoder",
+            "architectures": ["EncoderDecoderModel"],
+            "is_encoder_decoder": True,
+            "encoder": encoder_class.config_to_hf(self.encoder.config),
+            "decoder": type(self.decoder).config_to_hf(self.decoder.config),
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        write_hf_directory(path, config, state)
+
     # ----- forward -------------------------------------------------------------------
 
     def encode(
@@ -774,31 +887,50 @@ class EncoderDecoderModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         max_new_tokens: int = 20,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
         num_beams: int = 1,
         length_penalty: float = 1.0,
         use_cache: bool = True,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Decode greedily (``num_beams = 1``) or with beam search.
+        """Decode greedily, by sampling or with beam search (Hugging Face's options).
 
         With ``use_cache`` every step feeds one token and reuses the decoder's
         self-attention keys/values and the cross-attention keys/values of the encoder
         output (computed at the first step); without it every step recomputes the whole
-        prefix (same tokens, for checking).
+        prefix (same tokens, for checking). Logits are processed as in
+        :func:`~attnzoo.transformers_zoo.generation.generate_tokens`; the repetition penalty
+        counts the decoder's tokens (its start token included), as Hugging Face does.
 
         Args:
             input_ids: source ``(batch, n_enc)``.
             attention_mask: ``(batch, n_enc)`` 1/True = real token (bool or 0/1).
-            max_new_tokens: the most generated tokens per row (EOS included).
-            num_beams: beam width (:func:`~attnzoo.transformers_zoo.generation.beam_search`).
-            length_penalty: beam search's GNMT exponent.
+            max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p,
+                repetition_penalty, num_beams, length_penalty: see
+                :class:`~attnzoo.transformers_zoo.generation.GenerationOptions`.
             use_cache: incremental decoding with KV caches.
+            generator: random generator for sampling (reproducible draws).
 
         Returns:
             ``(batch, 1 + n_new)`` int64: ``decoder_start_token_id``, then the generated
             tokens, ``pad_token_id`` after a row's EOS; ``n_new <= max_new_tokens``.
         """
-        check_int(max_new_tokens, "max_new_tokens")
-        check_int(num_beams, "num_beams")
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+        )
         start = self._start_token("generate")
         if max_new_tokens + 1 > self.decoder.max_positions:
             raise ValueError(
@@ -810,8 +942,6 @@ class EncoderDecoderModel(nn.Module):
         batch = input_ids.shape[0]
         if context_mask is None:
             context_mask = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-        # EOS the vocabulary cannot produce when none is set: rows run to max_new_tokens.
-        eos = self.decoder.vocab_size if self.eos_token_id is None else self.eos_token_id
         state: dict[str, Any] = {"context": context, "context_mask": context_mask}
         if use_cache:
             state["cache"] = self.decoder.new_cache()
@@ -826,27 +956,22 @@ class EncoderDecoderModel(nn.Module):
                     context_mask=state["context_mask"],
                     cache=state["cache"],
                 )
-                return out.logits[:, -1].float().log_softmax(dim=-1), state
+                return out.logits[:, -1], state
             prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)
             out = self.decoder(prefix, state["context"], context_mask=state["context_mask"])
-            return out.logits[:, -1].float().log_softmax(dim=-1), {**state, "prefix": prefix}
+            return out.logits[:, -1], {**state, "prefix": prefix}
 
-        options = {"pad": self.pad_token_id, "device": input_ids.device}
-        if num_beams > 1:
-            new, _ = beam_search(
-                step,
-                state,
-                batch,
-                start,
-                eos,
-                max_new_tokens,
-                num_beams,
-                length_penalty,
-                **options,
-            )
-        else:
-            new = greedy_search(step, state, batch, start, eos, max_new_tokens, **options)
         first = torch.full((batch, 1), start, dtype=torch.long, device=input_ids.device)
+        new = generate_tokens(
+            step,
+            state,
+            start,
+            history=first,
+            eos=self.eos_token_id,
+            pad=self.pad_token_id,
+            options=options,
+            generator=generator,
+        )
         return torch.cat([first, new], dim=1)
 
 

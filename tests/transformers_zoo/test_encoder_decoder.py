@@ -231,6 +231,77 @@ def test_cached_generation_equals_uncached(kind, tmp_path):
     assert torch.equal(beams, beams_uncached)
 
 
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_save_pretrained_is_read_back_by_hugging_face(kind, tmp_path):
+    hf = _hf_pair(kind)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = EncoderDecoderModel.from_pretrained(tmp_path / "hf")
+    ours.save_pretrained(tmp_path / "ours")
+    again, info = transformers.EncoderDecoderModel.from_pretrained(
+        tmp_path / "ours", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    again.set_attn_implementation("eager")
+    ids, mask, dec, dec_mask = _inputs()
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        got = again.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        ours_again = EncoderDecoderModel.from_pretrained(tmp_path / "ours")(ids, mask, dec).logits
+    assert (got - want).abs().max().item() <= TOL
+    assert (ours_again - want).abs().max().item() <= TOL
+    assert again.config.decoder_start_token_id == 1 and again.config.pad_token_id == 0
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(repetition_penalty=1.6, min_new_tokens=4),
+        dict(num_beams=3, length_penalty=0.7),
+        dict(num_beams=2, repetition_penalty=1.3),
+    ],
+    ids=["penalty-min-tokens", "beams", "beams-penalty"],
+)
+def test_generate_matches_hugging_face(kind, options, tmp_path):
+    hf = _hf_pair(kind)
+    hf = _sharp(hf)
+    hf.save_pretrained(tmp_path)
+    ours = EncoderDecoderModel.from_pretrained(tmp_path)
+    ours.eos_token_id = 2
+    ids, mask, _, _ = _inputs()
+    got = ours.generate(ids, mask, max_new_tokens=9, **options)
+    want = hf.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=9,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=0,
+        decoder_start_token_id=1,
+        **options,
+    )
+    assert torch.equal(got, want), (got, want)
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(tmp_path):
+    hf = _hf_pair("gpt2")
+    hf.save_pretrained(tmp_path)
+    model = _sharp(EncoderDecoderModel.from_pretrained(tmp_path))
+    ids, mask, _, _ = _inputs()
+    kwargs = dict(max_new_tokens=8, do_sample=True, temperature=1.5)
+    a = model.generate(ids, mask, generator=torch.Generator().manual_seed(7), **kwargs)
+    b = model.generate(ids, mask, generator=torch.Generator().manual_seed(7), **kwargs)
+    c = model.generate(ids, mask, generator=torch.Generator().manual_seed(8), **kwargs)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = model.generate(ids, mask, max_new_tokens=8)
+    one = model.generate(ids, mask, max_new_tokens=8, do_sample=True, top_k=1)
+    assert torch.equal(greedy, one)
+    with pytest.raises(ValueError, match="num_beams"):
+        model.generate(ids, mask, do_sample=True, num_beams=2)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(ids, mask, do_sample=True, top_p=1.5)
+
+
 def test_input_errors(tmp_path):
     hf = _hf_pair("bert")
     hf.save_pretrained(tmp_path)
