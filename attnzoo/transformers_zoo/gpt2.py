@@ -689,8 +689,12 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
                 "mask": F.pad(state["mask"], (0, 1), value=True),
                 "positions": positions,
             }
-        out = self(ids, attention_mask=state["mask"], position_ids=positions, past_key_values=cache)
-        return out.logits[:, -1], state
+        out = self.transformer(
+            ids, attention_mask=state["mask"], position_ids=positions, past_key_values=cache
+        )
+        # Only the last position's logits are needed: the vocabulary projection, the
+        # largest matrix of the model, runs on one row per sequence, also for the prompt.
+        return self.lm_head(out.last_hidden_state[:, -1]), state
 
 
 # ---------------------------------------------------------------------------------------
