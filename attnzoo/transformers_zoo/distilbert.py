@@ -30,9 +30,9 @@ Hugging Face key map (``DistilBertModel``; ``DistilBertForMaskedLM`` adds ``dist
 ``attention_mask`` may be boolean or integer 0/1 (Hugging Face's interface; 1 = real token),
 see :func:`~attnzoo.transformers_zoo.checkpoints.hf_attention_mask`.
 
-Differences in training mode only: the library's layer also puts dropout on the attention
-branch before its residual sum and on the feed-forward hidden activations, where Hugging
-Face's DistilBERT has none.
+Dropout sits where Hugging Face's DistilBERT puts it: on the embeddings, the attention
+weights and the feed-forward output; none on the attention output or the feed-forward hidden
+activations.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ class DistilBertConfig:
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             activation_dropout=0.0,
+            attention_output_dropout=0.0,
             norm_first=False,
             layer_norm_eps=LAYER_NORM_EPS,
         )

@@ -87,6 +87,7 @@ class _Block(nn.Module):
         bias: bool,
         memory: Mapping[str, Any] | None,
         activation_dropout: float | None = None,
+        attention_output_dropout: float | None = None,
     ) -> None:
         super().__init__()
         check_int(dim, "dim")
@@ -112,6 +113,11 @@ class _Block(nn.Module):
             self.ffn = ProductKeyMemory(dim, **memory)
         self.ffn_norm = self._norm()
         self.dropout = nn.Dropout(dropout)
+        if attention_output_dropout is not None:
+            check_probability(attention_output_dropout, "attention_output_dropout")
+        self.attention_output_dropout = nn.Dropout(
+            dropout if attention_output_dropout is None else attention_output_dropout
+        )
 
     def _norm(self) -> nn.LayerNorm:
         return nn.LayerNorm(self.dim, eps=self.layer_norm_eps, bias=self.bias)
@@ -120,9 +126,12 @@ class _Block(nn.Module):
         """The input of a sub-layer: normalised first in pre-LN."""
         return norm(x) if self.norm_first else x
 
-    def _post(self, x: Tensor, out: Tensor, norm: nn.LayerNorm) -> Tensor:
-        """Add a sub-layer's output to the residual stream; normalise the sum in post-LN."""
-        x = x + self.dropout(out)
+    def _post(
+        self, x: Tensor, out: Tensor, norm: nn.LayerNorm, dropout: nn.Dropout | None = None
+    ) -> Tensor:
+        """Add a sub-layer's output to the residual stream (after ``dropout``, default the
+        residual dropout); normalise the sum in post-LN."""
+        x = x + (self.dropout if dropout is None else dropout)(out)
         return x if self.norm_first else norm(x)
 
     def _feed_forward(self, x: Tensor, padding: Tensor | None) -> Tensor:
@@ -150,6 +159,8 @@ class EncoderLayer(_Block):
         dropout: residual and feed-forward dropout, in [0, 1).
         activation_dropout: dropout on the feed-forward hidden activations; default
             ``dropout`` (as PyTorch's layers); 0 for BERT, GPT-2 and kin, which have none.
+        attention_output_dropout: dropout on the attention sub-layer's output before its
+            residual sum; default ``dropout`` (0 for DistilBERT, which has none there).
         attention_dropout: dropout on the attention weights; default ``dropout`` (as
             PyTorch's layers).
         norm_first: pre-LN (True) or post-LN (False).
@@ -181,6 +192,7 @@ class EncoderLayer(_Block):
         window: tuple[int, int] | None = None,
         memory: Mapping[str, Any] | None = None,
         activation_dropout: float | None = None,
+        attention_output_dropout: float | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -194,6 +206,7 @@ class EncoderLayer(_Block):
             bias,
             memory,
             activation_dropout,
+            attention_output_dropout,
         )
         self.attention: MultiHeadAttention | SlidingWindowAttention
         if window is None:
@@ -260,7 +273,7 @@ class EncoderLayer(_Block):
         padding = mask if mask is not None and mask.dim() == 2 else None
         h = self._pre(x, self.attention_norm)
         out, weights = _split(self.attention(h, mask=mask, return_weights=output_attentions))
-        x = self._post(x, out, self.attention_norm)
+        x = self._post(x, out, self.attention_norm, self.attention_output_dropout)
         x = self._feed_forward(x, padding)
         if weights is None:
             return x
@@ -297,6 +310,7 @@ class DecoderLayer(_Block):
         context_dim: int | None = None,
         cross_attention: bool = True,
         activation_dropout: float | None = None,
+        attention_output_dropout: float | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -310,6 +324,7 @@ class DecoderLayer(_Block):
             bias,
             memory,
             activation_dropout,
+            attention_output_dropout,
         )
         options: dict[str, Any] = {
             "normalizer": normalizer,
@@ -373,7 +388,7 @@ class DecoderLayer(_Block):
                 return_weights=output_attentions,
             )
         )
-        x = self._post(x, out, self.self_attention_norm)
+        x = self._post(x, out, self.self_attention_norm, self.attention_output_dropout)
         cross_weights = None
         if self.cross_attention is not None and self.cross_attention_norm is not None:
             h = self._pre(x, self.cross_attention_norm)
@@ -386,7 +401,7 @@ class DecoderLayer(_Block):
                     return_weights=output_attentions,
                 )
             )
-            x = self._post(x, out, self.cross_attention_norm)
+            x = self._post(x, out, self.cross_attention_norm, self.attention_output_dropout)
         x = self._feed_forward(x, padding)
         if self_weights is None:
             return x

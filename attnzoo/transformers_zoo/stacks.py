@@ -146,6 +146,8 @@ class StackConfig:
         attention_dropout: attention-weight dropout; default ``dropout``.
         activation_dropout: dropout on the feed-forward hidden activations; default
             ``dropout`` (as PyTorch's layers; the Hugging Face families use 0).
+        attention_output_dropout: dropout on each attention sub-layer's output before its
+            residual sum; default ``dropout`` (DistilBERT uses 0).
         norm_first: pre-LN (True; the stack ends with a LayerNorm) or post-LN (False).
         layer_norm_eps: LayerNorm epsilon.
         bias: biases in linear maps and LayerNorms.
@@ -161,6 +163,7 @@ class StackConfig:
     dropout: float = 0.1
     attention_dropout: float | None = None
     activation_dropout: float | None = None
+    attention_output_dropout: float | None = None
     norm_first: bool = False
     layer_norm_eps: float = 1e-5
     bias: bool = True
@@ -182,6 +185,8 @@ class StackConfig:
             check_probability(self.attention_dropout, "attention_dropout")
         if self.activation_dropout is not None:
             check_probability(self.activation_dropout, "activation_dropout")
+        if self.attention_output_dropout is not None:
+            check_probability(self.attention_output_dropout, "attention_output_dropout")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps}")
         if not isinstance(self.layer, LayerConfig):
@@ -212,6 +217,7 @@ class StackConfig:
             "dropout": self.dropout,
             "attention_dropout": self.attention_dropout,
             "activation_dropout": self.activation_dropout,
+            "attention_output_dropout": self.attention_output_dropout,
             "norm_first": self.norm_first,
             "layer_norm_eps": self.layer_norm_eps,
             "bias": self.bias,

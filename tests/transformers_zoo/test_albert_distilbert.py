@@ -418,3 +418,24 @@ def test_distilbert_strict_keys(tmp_path):
         DistilBertModel.from_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="activation"):
         DistilBertConfig(activation="swish")
+
+
+def test_distilbert_training_mode_dropout_matches_hf(tmp_path):
+    # Same dropout sites and the same order of random draws: with the seed reset, training
+    # mode gives Hugging Face's numbers. Both run SDPA here (attention-weight dropout off),
+    # so that no kernel difference is magnified by the 1 / (1 - p) dropout scaling.
+    config = _distil_hf_config(dropout=0.2, attention_dropout=0.0, attn_implementation="sdpa")
+    hf = _hf_model(transformers.DistilBertModel, config)
+    hf.save_pretrained(tmp_path)
+    ours = DistilBertModel.from_pretrained(tmp_path)
+    hf.train()
+    ours.train()
+    ids, mask = _batch()
+    torch.manual_seed(5)
+    ref = hf(ids, attention_mask=mask).last_hidden_state
+    torch.manual_seed(5)
+    out = ours(ids, attention_mask=mask).last_hidden_state
+    assert _max_diff(out, ref, mask) <= TOL
+    hf.eval()
+    with torch.no_grad():
+        assert _max_diff(out, hf(ids, attention_mask=mask).last_hidden_state, mask) > 1e-2

@@ -599,3 +599,30 @@ def test_activation_dropout_defaults_to_dropout_and_can_be_turned_off() -> None:
     assert hf_like.layers[0].dropout.p == 0.2  # the residual dropout stays
     with pytest.raises(ValueError, match="activation_dropout"):
         StackConfig(dim=8, heads=2, depth=1, activation_dropout=1.5)
+
+
+def test_attention_output_dropout_is_separate_from_the_residual_dropout():
+    torch.manual_seed(0)
+    layer = EncoderLayer(
+        16,
+        2,
+        ffn_dim=24,
+        dropout=0.3,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        attention_output_dropout=0.0,
+    ).train()
+    x = torch.randn(3, 5, 16)
+    torch.manual_seed(7)
+    got = layer(x)
+    # The reference draws one dropout mask only: on the feed-forward output.
+    torch.manual_seed(7)
+    h = layer.attention_norm(x + layer.attention(x))
+    want = layer.ffn_norm(h + torch.nn.functional.dropout(layer.ffn(h), 0.3))
+    torch.testing.assert_close(got, want)
+    default = EncoderLayer(16, 2, ffn_dim=24, dropout=0.3)
+    assert default.attention_output_dropout.p == 0.3
+    with pytest.raises(ValueError, match="attention_output_dropout"):
+        EncoderLayer(16, 2, attention_output_dropout=1.5)
+    with pytest.raises(ValueError, match="attention_output_dropout"):
+        StackConfig(dim=16, heads=2, depth=1, attention_output_dropout=-0.1)

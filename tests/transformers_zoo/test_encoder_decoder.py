@@ -242,7 +242,7 @@ def test_save_pretrained_is_read_back_by_hugging_face(kind, tmp_path):
     )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     again.set_attn_implementation("eager")
-    ids, mask, dec, dec_mask = _inputs()
+    ids, mask, dec, _ = _inputs()
     with torch.no_grad():
         want = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
         got = again.eval()(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
