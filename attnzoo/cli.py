@@ -1,10 +1,11 @@
 """The ``attnzoo`` command: library facts, demos and visualisation.
 
-    attnzoo info                          versions, devices, registered normalisers
-    attnzoo normalize 2 1 0.5 -1          each normaliser's weights for these scores
-    attnzoo plot-normalizers -o out.png   the entmax family against softmax (needs matplotlib)
-    attnzoo demo NAME [--steps N]         train a classic attention model end to end
-    attnzoo demo --list                   the demos and what each shows
+attnzoo info                          versions, devices, registered normalisers
+attnzoo normalize 2 1 0.5 -1          each normaliser's weights for these scores
+attnzoo plot-normalizers -o out.png   the entmax family against softmax (needs matplotlib)
+attnzoo demo NAME [--steps N]         train a classic attention model end to end
+attnzoo demo --list                   the demos and what each shows
+attnzoo viz "a sentence" --out DIR    all-MiniLM-L6-v2's attention as HTML and PNG
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -30,7 +32,8 @@ DEMO_NORMALIZERS: list[tuple[str, str, dict[str, float]]] = [
 ]
 
 
-# Demos: name -> (module in attnzoo.transformers_zoo, function, what it shows). Each
+# Demos: name -> (module, function, what it shows); the module is relative to
+# attnzoo.transformers_zoo unless it is a full attnzoo.* path (see demo_module). Each
 # function trains end to end in a few CPU minutes and returns its metrics; modules are
 # imported only when their demo runs, so the command starts fast.
 DEMOS: dict[str, tuple[str, str, str]] = {
@@ -69,7 +72,28 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "run_demo",
         "two BERT checkpoints warm-start an encoder-decoder that learns to copy",
     ),
+    "label-noise": (
+        "attnzoo.robustness.experiments",
+        "run_demo",
+        "ALFA vs random label flips on a linear SVM; kNN sanitisation recovers accuracy",
+    ),
+    "compression": (
+        "attnzoo.compression.demo",
+        "run_compression_demo",
+        "distil, prune half the heads of and int8-quantise a tiny BERT: the report per stage",
+    ),
+    "syntax-probe": (
+        "analysis.syntax_experiment",
+        "run_syntax_probe_demo",
+        "heads of a tiny BERT trained on a grammar track its dependencies (vs random init)",
+    ),
 }
+
+
+def demo_module(name: str) -> str:
+    """The import path of a demo's module: a full ``attnzoo.*`` path as given, any other
+    name relative to :mod:`attnzoo.transformers_zoo`."""
+    return name if name.startswith("attnzoo.") else f"attnzoo.transformers_zoo.{name}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -79,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {what}")
         return 0
     module_name, function_name, _ = DEMOS[args.name]
-    module = importlib.import_module(f"attnzoo.transformers_zoo.{module_name}")
+    module = importlib.import_module(demo_module(module_name))
     metrics = getattr(module, function_name)(
         steps=args.steps, progress=not args.quiet, seed=args.seed
     )
@@ -136,6 +160,35 @@ def _plot_normalizers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viz(args: argparse.Namespace) -> int:
+    # Imported here: the analysis tools load a real model and matplotlib.
+    from .transformers_zoo import analysis
+
+    try:
+        model, tokenizer = analysis.load_minilm()
+    except ImportError as error:
+        print(f"viz: {error}", file=sys.stderr)
+        return 1
+    ids, mask, tokens, _ = analysis.encode_texts(tokenizer, [args.sentence])
+    capture = analysis.capture_attention(model, ids, mask, tokens)[0]
+    if not 0 <= args.layer < capture.num_layers:
+        layers = capture.num_layers
+        print(f"viz: --layer must be in [0, {layers}), got {args.layer}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [analysis.write_html_view(capture, out / "attention.html", title=args.sentence)]
+    try:
+        layer_png = out / f"attention_layer{args.layer}.png"
+        written.append(analysis.save_layer_heatmaps(capture, layer_png, args.layer))
+        written.append(analysis.save_model_heatmaps(capture, out / "attention_model.png"))
+    except ImportError as error:
+        print(f"viz: PNG skipped: {error}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``attnzoo`` command."""
     parser = argparse.ArgumentParser(prog="attnzoo", description=__doc__.splitlines()[0])
@@ -161,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
+
+    viz = commands.add_parser("viz", help="all-MiniLM-L6-v2's attention as HTML and PNG")
+    viz.add_argument("sentence", help="the sentence to show")
+    viz.add_argument("--out", default="attention", help="directory to write into")
+    viz.add_argument("--layer", type=int, default=0, help="layer of the per-head PNG")
+    viz.set_defaults(run=_viz)
     return parser
 
 

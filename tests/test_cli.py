@@ -53,10 +53,10 @@ def test_every_demo_is_a_function_with_the_demo_signature() -> None:
     import importlib
     import inspect
 
-    from attnzoo.cli import DEMOS
+    from attnzoo.cli import DEMOS, demo_module
 
     for module_name, function_name, _ in DEMOS.values():
-        module = importlib.import_module(f"attnzoo.transformers_zoo.{module_name}")
+        module = importlib.import_module(demo_module(module_name))
         params = inspect.signature(getattr(module, function_name)).parameters
         assert {"steps", "progress", "seed"} <= set(params), function_name
 
