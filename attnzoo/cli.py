@@ -72,6 +72,11 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "run_demo",
         "two BERT checkpoints warm-start an encoder-decoder that learns to copy",
     ),
+    "gan-modes": (
+        "attnzoo.gan.mode_collapse",
+        "run_mode_collapse_demo",
+        "plain GAN vs packing / minibatch discrimination / DRAGAN on the 25-Gaussian grid",
+    ),
     "label-noise": (
         "attnzoo.robustness.experiments",
         "run_demo",
