@@ -1,15 +1,17 @@
 """The functional core of every attention module: :func:`attend`, and the mask helpers.
 
-``attend(q, k, v)`` computes ``normalize(q @ k^T * scale) @ v`` over the last two axes, with
-any number of leading batch axes (``(batch, heads, seq, head_dim)`` inside the modules).
+``attend(q, k, v)`` computes ``normalize(q @ k^T * scale + bias) @ v`` over the last two axes,
+with any number of leading batch axes (``(batch, heads, seq, head_dim)`` inside the modules).
+The optional additive ``bias`` is how position schemes that act on the scores (ALiBi,
+relative positions, a soft span) reach every normaliser through one code path.
 Softmax without returned weights goes through
 :func:`torch.nn.functional.scaled_dot_product_attention`, so it picks up the fused kernels
 (flash, memory-efficient, cuDNN) on GPU; every other normaliser, and softmax when the weights
 are wanted, materialises the ``(..., n_q, n_k)`` score matrix and goes through
 :func:`~attnzoo.attention.normalizers.masked_normalize`.
 
-Masks are boolean with ``True`` = may attend. A query row with no key it may attend to
-returns zeros (and passes zero gradient), never NaN.
+Masks are boolean with ``True`` = may attend; a ``-inf`` bias entry forbids its key too. A
+query row with no key it may attend to returns zeros (and passes zero gradient), never NaN.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .validation import (
     check_probability,
     check_rank,
     check_size,
+    check_tensor,
 )
 
 
@@ -65,6 +68,7 @@ def attend(
     v: Tensor,
     *,
     mask: Tensor | None = None,
+    bias: Tensor | None = None,
     causal: bool = False,
     normalizer: str | Normalizer = "softmax",
     alpha: float | Tensor | None = None,
@@ -73,7 +77,7 @@ def attend(
     return_weights: bool = False,
     training: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Attention of ``q`` over ``(k, v)``: ``normalize(q @ k^T * scale) @ v``.
+    """Attention of ``q`` over ``(k, v)``: ``normalize(q @ k^T * scale + bias) @ v``.
 
     Args:
         q: queries ``(..., n_q, d)``.
@@ -83,6 +87,11 @@ def attend(
             growing it. A key-padding mask ``(batch, n_k)`` does NOT broadcast correctly
             against ``(batch, heads, n_q, n_k)``: expand it first with
             :func:`padding_mask_to_attention_mask` (modules do this for their callers).
+        bias: additive score bias, a floating tensor broadcastable to ``(..., n_q, n_k)``
+            without growing it (e.g. ``(1, heads, n_q, n_k)`` for ALiBi), added after the
+            scale and before the normaliser (every normaliser sees it); cast to the dtype
+            of ``q``. A ``-inf`` entry forbids its key like a False ``mask`` entry.
+            Gradients flow into it (a learned bias trains).
         causal: also forbid query ``i`` to see keys ``j > i + (n_k - n_q)``
             (bottom-right alignment, see :func:`causal_mask`); combined with ``mask`` by AND.
         normalizer: registry name (``"softmax"``, ``"sparsemax"``, ``"entmax15"``,
@@ -99,21 +108,40 @@ def attend(
         ``(..., n_q, n_k)`` (the normalised weights, before dropout) when ``return_weights``.
         A query row with no allowed key gives zeros in both.
     """
-    _check_inputs(q, k, v, mask, causal, alpha, normalizer, dropout, scale)
-    n_q, n_k = q.shape[-2], k.shape[-2]
+    _check_inputs(q, k, v, mask, bias, causal, alpha, normalizer, dropout, scale)
     p_drop = dropout if training else 0.0
+    if bias is not None:
+        bias = bias.to(q.dtype)
 
     if _is_softmax(normalizer) and not return_weights:
+        if bias is not None:
+            return _sdpa_with_bias(q, k, v, mask, bias, causal, p_drop, scale)
         return _sdpa(q, k, v, mask, causal, p_drop, scale)
 
-    mask = _merge_causal(mask, causal, n_q, n_k, q.device)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    options = {} if alpha is None else {"alpha": alpha}
-    weights = masked_normalize(scores, mask, normalizer, dim=-1, **options)
+    weights = _weights(q, k, mask, bias, causal, normalizer, alpha, scale)
     dropped = F.dropout(weights, p_drop, training=p_drop > 0)
     out = torch.matmul(dropped, v)
     return (out, weights) if return_weights else out
+
+
+def _weights(
+    q: Tensor,
+    k: Tensor,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    causal: bool,
+    normalizer: str | Normalizer,
+    alpha: float | Tensor | None,
+    scale: float | None,
+) -> Tensor:
+    """The materialised score matrix, biased, masked and normalised (inputs checked)."""
+    mask = _merge_causal(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
+    options = {} if alpha is None else {"alpha": alpha}
+    return masked_normalize(scores, mask, normalizer, dim=-1, **options)
 
 
 def _is_softmax(normalizer: str | Normalizer) -> bool:
@@ -164,11 +192,37 @@ def _sdpa(
     return out.masked_fill(~has_key, 0.0)
 
 
+def _sdpa_with_bias(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    bias: Tensor,
+    causal: bool,
+    p_drop: float,
+    scale: float | None,
+) -> Tensor:
+    """Softmax attention through SDPA with an additive float ``attn_mask``.
+
+    The boolean mask (and the causal one) become ``-inf`` entries of the bias. A row whose
+    every entry is then ``-inf`` would come out as NaN on some backends, so, as in
+    :func:`_sdpa`, such rows get a finite bias and their output is zeroed afterwards.
+    """
+    mask = _merge_causal(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    if mask is not None:
+        bias = bias.masked_fill(~mask, float("-inf"))
+    has_key = ~torch.isneginf(bias).all(dim=-1, keepdim=True)
+    bias = bias.masked_fill(~has_key, 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=scale)
+    return out.masked_fill(~has_key, 0.0)
+
+
 def _check_inputs(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
+    bias: Tensor | None,
     causal: bool,
     alpha: float | Tensor | None,
     normalizer: str | Normalizer,
@@ -190,10 +244,18 @@ def _check_inputs(
             raise TypeError(f"`{name}` must have the dtype of `q` ({q.dtype}), got {x.dtype}")
     check_size(k, -1, q.shape[-1], "k", "the feature size d of `q`")
     check_size(v, -2, k.shape[-2], "v", "the number of keys n_k of `k`")
+    scores_shape = (*batch, q.shape[-2], k.shape[-2])
     if mask is not None:
         check_bool_mask(mask, "mask")
-        scores_shape = (*batch, q.shape[-2], k.shape[-2])
         check_broadcastable_to(mask, scores_shape, "mask", "scores (..., n_q, n_k) of shape")
+    if bias is not None:
+        check_tensor(bias, "bias")
+        if not bias.is_floating_point():
+            raise TypeError(
+                f"`bias` must be a floating tensor of additive scores, got dtype {bias.dtype}; "
+                "forbid keys with a boolean `mask`"
+            )
+        check_broadcastable_to(bias, scores_shape, "bias", "scores (..., n_q, n_k) of shape")
     if not isinstance(causal, bool):
         raise TypeError(f"`causal` must be a bool, got {type(causal).__name__}")
     if alpha is not None and normalizer != "entmax":

@@ -1,9 +1,11 @@
 """Multi-head attention (Vaswani et al. 2017) with any normaliser, and its decoding cache.
 
 One module covers self-attention, cross-attention (``context`` with its own width
-``kv_dim``), causal masking, incremental decoding through :class:`KVCache`, and sparse
+``kv_dim``), causal masking, incremental decoding through :class:`KVCache`, sparse
 attention with one learnable entmax alpha per head (Correia et al. 2019, "Adaptively Sparse
-Transformers"). The attention itself is :func:`~attnzoo.attention.functional.attend`.
+Transformers"), and relative positions inside self-attention (``position="rotary"`` or
+``"alibi"``, see :mod:`attnzoo.attention.positional`). The attention itself is
+:func:`~attnzoo.attention.functional.attend`.
 
 Parameter names follow Hugging Face ``modeling_bert.py``, so a BERT checkpoint converts with
 this key map (per layer, ``encoder.layer.{i}.`` prefix dropped)::
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from .entmax import MIN_ALPHA, EntmaxAlpha
 from .functional import attend, padding_mask_to_attention_mask
 from .normalizers import Normalizer, get_normalizer
+from .positional import ALiBi, RotaryEmbedding, check_position
 from .validation import (
     check_bool_mask,
     check_int,
@@ -84,6 +87,13 @@ class MultiHeadAttention(nn.Module):
         bias: biases in the four projections.
         alpha: fixed entmax alpha (> 1) for ``normalizer="entmax"``, or the initial value of
             the learned alpha (in ``(MIN_ALPHA, 2)``) when ``learn_alpha``; default 1.5.
+        position: relative positions inside self-attention: ``"rotary"`` (queries and keys
+            rotated, :class:`~attnzoo.attention.positional.RotaryEmbedding` over
+            ``dim_head``), ``"alibi"`` (per-head linear distance bias,
+            :class:`~attnzoo.attention.positional.ALiBi`), or None. Positions count from
+            the first cached position, so decoding with a :class:`KVCache` sees the
+            positions a full pass sees. Not available for cross-attention.
+        rotary_base: frequency base of the rotary angles.
 
     Parameters: ``query`` (dim -> heads * dim_head), ``key`` and ``value``
     (kv_dim -> heads * dim_head), ``out`` (heads * dim_head -> dim), named as in Hugging Face
@@ -104,9 +114,12 @@ class MultiHeadAttention(nn.Module):
         kv_dim: int | None = None,
         bias: bool = True,
         alpha: float | None = None,
+        position: str | None = None,
+        rotary_base: float = 10000.0,
     ) -> None:
         super().__init__()
         dim_head = resolve_dim_head(dim, heads, dim_head)
+        self.position = check_position(position)
         kv_dim = dim if kv_dim is None else kv_dim
         check_positive(kv_dim, "kv_dim")
         check_probability(dropout, "dropout")
@@ -123,6 +136,9 @@ class MultiHeadAttention(nn.Module):
             EntmaxAlpha(heads, init=1.5 if alpha is None else alpha) if learn_alpha else None
         )
         self.fixed_alpha = None if learn_alpha else alpha
+        # Neither has parameters: "no position" builds (and initialises) the same weights.
+        self.rotary = RotaryEmbedding(dim_head, rotary_base) if position == "rotary" else None
+        self.alibi = ALiBi(heads) if position == "alibi" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -156,13 +172,23 @@ class MultiHeadAttention(nn.Module):
         """
         check_rank(x, 3, "x", "(batch, n_q, dim)")
         check_size(x, -1, self.dim, "x", "dim")
+        if context is not None and self.position is not None:
+            raise ValueError(
+                f"`context` given, but position={self.position!r} applies to self-attention "
+                "only (queries and keys of different sequences have no relative position)"
+            )
+        offset = len(cache) if cache is not None else 0
         q = self._split_heads(self.query(x))
-        k, v = self._keys_values(x, context, cache)
+        if self.rotary is not None:
+            q = self.rotary(q, offset)
+        k, v = self._keys_values(x, context, cache, offset)
+        n_q, n_k = q.shape[-2], k.shape[-2]
         result = attend(
             q,
             k,
             v,
-            mask=self._attention_mask(mask, x.shape[0], k.shape[-2]),
+            mask=self._attention_mask(mask, x.shape[0], n_k),
+            bias=self.alibi(n_q, n_k, q.device, q.dtype) if self.alibi is not None else None,
             causal=self.causal,
             normalizer=self.normalizer,
             alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
@@ -179,9 +205,13 @@ class MultiHeadAttention(nn.Module):
         return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
 
     def _keys_values(
-        self, x: Tensor, context: Tensor | None, cache: KVCache | None
+        self, x: Tensor, context: Tensor | None, cache: KVCache | None, offset: int = 0
     ) -> tuple[Tensor, Tensor]:
-        """Keys and values ``(batch, heads, n_k, dim_head)``, through the cache if any."""
+        """Keys and values ``(batch, heads, n_k, dim_head)``, through the cache if any.
+
+        Self-attention keys are rotated (``position="rotary"``) before they are cached, as
+        positions ``offset ..``.
+        """
         if context is None:
             if self.kv_dim != self.dim:
                 raise ValueError(
@@ -189,6 +219,8 @@ class MultiHeadAttention(nn.Module):
                     f"needs kv_dim == dim ({self.dim})"
                 )
             k, v = self._split_heads(self.key(x)), self._split_heads(self.value(x))
+            if self.rotary is not None:
+                k = self.rotary(k, offset)
             return cache.append(k, v) if cache is not None else (k, v)
 
         check_rank(context, 3, "context", "(batch, n_c, kv_dim)")
@@ -222,7 +254,7 @@ class MultiHeadAttention(nn.Module):
         return (
             f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
             f"kv_dim={self.kv_dim}, normalizer={self.normalizer!r}, causal={self.causal}, "
-            f"dropout={self.dropout}"
+            f"dropout={self.dropout}, position={self.position!r}"
         )
 
 

@@ -25,7 +25,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .entmax import check_alpha, check_n_iter, entmax15, entmax_bisect, sparsemax
+from .entmax import (
+    alpha_entmax,
+    check_alpha,
+    check_n_iter,
+    entmax15,
+    entmax_bisect,
+    sparsemax,
+)
 from .validation import check_bool_mask, check_broadcastable_to, check_positive, check_tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -243,9 +250,13 @@ def _entmax15_factory() -> Normalizer:
 
 
 @register_normalizer("entmax")
-def _entmax_factory(alpha: float | Tensor = 1.5, n_iter: int = 50) -> Normalizer:
+def _entmax_factory(alpha: float | Tensor = 1.5, n_iter: int | None = None) -> Normalizer:
+    """alpha-entmax, exact (:func:`alpha_entmax`); with ``n_iter``, that many bisection
+    steps instead (:func:`entmax_bisect`, the ``entmax`` package's algorithm)."""
     # Fail when the normaliser is built (e.g. in a module's __init__), not at its first call.
     check_alpha(alpha)
+    if n_iter is None:
+        return functools.partial(alpha_entmax, alpha=alpha)
     check_n_iter(n_iter)
     return functools.partial(entmax_bisect, alpha=alpha, n_iter=n_iter)
 

@@ -332,10 +332,20 @@ def _sdpa_blocks(
     the output and the gradient exactly zero there.
     """
     has_key = allowed.any(dim=-1, keepdim=True)
+    batch, heads, n_blocks, block, _ = q_blocks.shape
+    mask = (allowed | ~has_key).expand(batch, heads, n_blocks, block, k_win.shape[-2])
+    # Heads and blocks as one axis: SDPA's fused kernels take 4-D inputs, while 5-D ones
+    # fall back to its unfused reference path (measured on CPU at n = 8192, window 256:
+    # forward 326 -> 219 ms, forward+backward 694 -> 625 ms).
     out = F.scaled_dot_product_attention(
-        q_blocks, k_win, v_win, attn_mask=allowed | ~has_key, dropout_p=p_drop, scale=scale
+        q_blocks.flatten(1, 2),
+        k_win.flatten(1, 2),
+        v_win.flatten(1, 2),
+        attn_mask=mask.flatten(1, 2),
+        dropout_p=p_drop,
+        scale=scale,
     )
-    return out.masked_fill(~has_key, 0.0)
+    return out.unflatten(1, (heads, n_blocks)).masked_fill(~has_key, 0.0)
 
 
 def _blocks_to_band(weights: Tensor, width: int) -> Tensor:

@@ -9,6 +9,7 @@ against a brute-force read that scores all ``n_keys ** 2`` product keys.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 from typing import Any
 
@@ -83,6 +84,72 @@ def _build(ctx: Context, config: dict[str, Any], hidden: int, batch: int, n: int
     )
 
 
+PKM_PACKAGE_MISSING = importlib.util.find_spec("product_key_memory") is None
+
+# The spec's memory: x of (8, 256, 512), 256^2 = 65,536 slots, top-32, 4 heads, queries of
+# 2 x 128 per head; LayerNorm on the queries, as the `product-key-memory` package does.
+SPEC_CONFIG: dict[str, Any] = {
+    "dim": 512,
+    "n_keys": 256,
+    "heads": 4,
+    "k_dim": 256,
+    "topk": 32,
+    "query_norm": "layernorm",
+}
+
+
+def _build_spec(ctx: Context, config: dict[str, Any], batch: int, n: int, vs: str) -> Setup:
+    """Our memory against a 4x FFN (``vs="ffn"``) or the package's ``PKM``, same sizes."""
+    x = ctx.randn(batch, n, config["dim"], grad=True)
+    mem = ctx.module(lambda: ProductKeyMemory(**config))
+    if vs == "ffn":
+        other = ctx.module(lambda: feed_forward(config["dim"], 4 * config["dim"]))
+    else:
+        from product_key_memory import PKM
+
+        other = ctx.module(
+            lambda: PKM(
+                config["dim"],
+                heads=config["heads"],
+                num_keys=config["n_keys"],
+                topk=config["topk"],
+                dim_head=config["k_dim"] // 2,
+            )
+        )
+    return Setup(
+        ours=lambda: mem(x),
+        baseline=lambda: other(x),
+        inputs=(x,),
+        ours_params=tuple(mem.parameters()),
+        baseline_params=tuple(other.parameters()),
+        reference=lambda: brute_force_read(mem, x),
+    )
+
+
+def _spec_cases(ctx: Context) -> list[Case]:
+    tiny = {"dim": 16, "n_keys": 8, "heads": 2, "k_dim": 8, "topk": 4, "query_norm": "layernorm"}
+    config = ctx.pick(tiny=tiny, quick=SPEC_CONFIG, full=SPEC_CONFIG)
+    batch = ctx.pick(tiny=1, quick=8, full=8)
+    lengths = ctx.pick(tiny=[8], quick=[256], full=[128, 256, 512])
+    baselines = ["ffn"] + ([] if PKM_PACKAGE_MISSING else ["product-key-memory"])
+    names = {
+        "ffn": f"vs 4x FFN (hidden {4 * config['dim']})",
+        "product-key-memory": "vs product-key-memory PKM",
+    }
+    params = {**config, "batch": batch}
+    return [
+        Case(
+            suite="pkm",
+            name=f"{config['n_keys'] ** 2} slots {names[vs]}",
+            n=n,
+            params=params,
+            build=partial(_build_spec, ctx, config, batch, n, vs),
+        )
+        for vs in baselines
+        for n in lengths
+    ]
+
+
 def matched_hidden(mem: ProductKeyMemory) -> dict[str, int]:
     """FFN hidden widths matching the memory's parameter count and its MACs per token.
 
@@ -142,7 +209,7 @@ def cases(ctx: Context) -> list[Case]:
             )
             for n in lengths
         ]
-    return cases
+    return cases + _spec_cases(ctx)
 
 
 def _describe() -> str:
@@ -158,7 +225,12 @@ def _describe() -> str:
         "brute-force read that scores all n_keys^2 product keys, so it checks that the "
         "product-key search is exact. In float16/bfloat16 many candidate scores tie, and "
         "the two may break a tie for the last top-k slot differently: a larger diff there "
-        "is that, not an error."
+        "is that, not an error. The spec rows time the memory the spec names (65,536 "
+        "slots, top-32, 4 heads, x of 8 x 256 x 512, LayerNorm queries) against a "
+        "`dim -> 4 dim -> dim` FFN and, when it is installed, against the "
+        "`product-key-memory` package's `PKM` with the same slots, top-k, heads and query "
+        "width (it normalises each query half separately, so its outputs differ from ours: "
+        "a cost comparison, ours checked against the brute-force read as above)."
     )
 
 

@@ -3,10 +3,18 @@
 Both compute the same numbers; the dense side builds ``n x n`` scores (``O(n^2)`` time
 and memory), attnzoo's block-local kernel only ``O(n * w)``. With a fixed window the
 ratio therefore falls as ``n`` grows.
+
+Two more comparisons for causal windows: against full causal SDPA (what a causal
+window saves over attending to the whole prefix; checked against the band-masked dense
+SDPA, since full attention computes something else), and, when it is installed, against
+the ``local-attention`` package's ``LocalAttention`` configured to the same exact band
+(``exact_windowsize=True``: query ``i`` sees keys ``i - window .. i``), which computes
+the same numbers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from functools import partial
 from typing import cast
 
@@ -40,6 +48,67 @@ def _build(ctx: Context, batch: int, heads: int, n: int, d: int, before: int, af
     return Setup(ours=ours, baseline=dense, inputs=(q, k, v))
 
 
+LOCAL_ATTENTION_MISSING = importlib.util.find_spec("local_attention") is None
+
+
+def _build_causal(
+    ctx: Context, batch: int, heads: int, n: int, d: int, window: int, vs: str
+) -> Setup:
+    """Causal window of ``window`` keys before each query, against ``vs``.
+
+    ``vs`` is ``"full"`` (full causal SDPA; correctness against the band-masked dense SDPA)
+    or ``"local-attention"`` (the package's ``LocalAttention`` on the same exact band).
+    """
+    q, k, v = (ctx.randn(batch, heads, n, d, grad=True) for _ in range(3))
+
+    def ours() -> torch.Tensor:
+        return cast(torch.Tensor, sliding_window_attention(q, k, v, before=window, after=0))
+
+    if vs == "full":
+        mask = band_mask(n, window, 0, ctx.device)
+        return Setup(
+            ours=ours,
+            baseline=lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+            inputs=(q, k, v),
+            reference=lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        )
+    from local_attention import LocalAttention
+
+    # Buckets of `window` queries looking back one bucket, cut to the exact band; no
+    # rotary embedding (it is only built when `dim` is given); the default 1/sqrt(d) scale.
+    local = ctx.module(
+        lambda: LocalAttention(
+            window_size=window, causal=True, look_backward=1, look_forward=0, exact_windowsize=True
+        )
+    )
+    return Setup(ours=ours, baseline=lambda: local(q, k, v), inputs=(q, k, v))
+
+
+def _causal_cases(ctx: Context) -> list[Case]:
+    """The causal-window rows: the spec's window of 256 at n = 8192 (toy sizes in tiny)."""
+    batch, heads, d, window = ctx.pick(
+        tiny=(1, 2, 8, 4), quick=(1, 8, 64, 256), full=(1, 8, 64, 256)
+    )
+    lengths = ctx.pick(tiny=[32], quick=[2048, 8192], full=[1024, 2048, 4096, 8192])
+    params = {"batch": batch, "heads": heads, "head_dim": d, "before": window, "after": 0}
+    baselines = ["full"] + ([] if LOCAL_ATTENTION_MISSING else ["local-attention"])
+    names = {
+        "full": f"causal window {window} vs full causal SDPA",
+        "local-attention": f"causal window {window} vs local-attention",
+    }
+    return [
+        Case(
+            suite="sliding_window",
+            name=names[vs],
+            n=n,
+            params=params,
+            build=partial(_build_causal, ctx, batch, heads, n, d, window, vs),
+        )
+        for vs in baselines
+        for n in lengths
+    ]
+
+
 def cases(ctx: Context) -> list[Case]:
     batch, heads, d, before, after = ctx.pick(
         tiny=(1, 2, 8, 3, 3),
@@ -57,7 +126,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     name = f"window {before}+1+{after}"
     params = {"batch": batch, "heads": heads, "head_dim": d, "before": before, "after": after}
-    return [
+    banded = [
         Case(
             suite="sliding_window",
             name=name,
@@ -67,6 +136,7 @@ def cases(ctx: Context) -> list[Case]:
         )
         for n in lengths
     ]
+    return banded + _causal_cases(ctx)
 
 
 SUITE = Suite(
@@ -77,7 +147,13 @@ SUITE = Suite(
         "is `scaled_dot_product_attention` with the `(n, n)` band mask (built outside the "
         "timed region), so its time and memory grow as n^2 while the window is fixed; "
         "attnzoo's block-local kernel grows as n*w. On CUDA the peak-memory columns show "
-        "the same scaling; a baseline that runs out of memory is reported as such."
+        "the same scaling; a baseline that runs out of memory is reported as such. "
+        "`causal window W vs full causal SDPA`: query i sees keys i-W..i, against "
+        "`is_causal=True` SDPA over the whole prefix (a different function: the check is "
+        "against the band-masked dense SDPA); the ratio is what the window saves. "
+        "`vs local-attention` (when installed): `LocalAttention(window_size=W, causal=True, "
+        "look_backward=1, look_forward=0, exact_windowsize=True)`, the same band and the "
+        "same numbers; skipped without the package."
     ),
     cases=cases,
 )

@@ -421,3 +421,157 @@ class TestCuda:
         out = attend(q, k, v, dropout=0.5)
         assert torch.isfinite(out).all()
         assert (out - attend(q, k, v)).abs().max() > 1e-3
+
+
+def biased_reference(q, k, v, bias, mask=None, normalizer="softmax", alpha=None):
+    """Weights and output of ``normalize(q k^T / sqrt(d) + bias)`` computed directly: the
+    trusted normaliser (torch.softmax, the entmax package, an argmax) on the biased
+    scores, with forbidden keys given a very negative score (the package takes no -inf)."""
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
+    allowed = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand_as(scores)
+    allowed = allowed & ~torch.isneginf(scores)
+    low = scores.masked_fill(~allowed, -1e6)
+    if normalizer == "softmax":
+        weights = torch.softmax(low, -1)
+    elif normalizer == "sparsemax":
+        weights = entmax_ref.sparsemax(low, dim=-1)
+    elif normalizer == "entmax15":
+        weights = entmax_ref.entmax15(low, dim=-1)
+    elif normalizer == "entmax":
+        weights = entmax_ref.entmax_bisect(low, alpha, dim=-1, n_iter=100)
+    else:
+        weights = F.one_hot(low.argmax(-1), scores.shape[-1]).to(scores.dtype)
+    weights = weights * allowed.any(-1, keepdim=True)  # a row with no key is zero
+    return weights @ v, weights
+
+
+BIASED = ["softmax", "sparsemax", "entmax15", "entmax", "hardmax"]
+
+
+class TestBias:
+    @pytest.mark.parametrize("normalizer", BIASED)
+    @pytest.mark.parametrize("return_weights", [False, True])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_matches_dense_reference(self, normalizer, return_weights, causal):
+        q, k, v = qkv(2, 3, n_q=5, n_k=7, d=6, d_v=5, seed=11)
+        bias = torch.randn(1, 3, 5, 7, dtype=torch.float64)
+        mask = random_mask(2, 1, 1, 7, seed=12)
+        alpha = 1.3 if normalizer == "entmax" else None
+        full = mask & causal_mask(5, 7) if causal else mask
+        expected_out, expected_w = biased_reference(q, k, v, bias, full, normalizer, alpha)
+        result = attend(
+            q,
+            k,
+            v,
+            mask=mask,
+            bias=bias,
+            causal=causal,
+            normalizer=normalizer,
+            alpha=alpha,
+            return_weights=return_weights,
+        )
+        out = as_tuple(result)[0]
+        tol = 1e-6 if normalizer == "entmax" else 1e-10  # bisection vs bisection
+        assert_close(out, expected_out, tol)
+        if return_weights:
+            assert_close(result[1], expected_w, tol)
+
+    def test_softmax_fast_path_matches_sdpa_float_mask(self):
+        q, k, v = qkv(2, 4, n_q=9, n_k=11, d=8)
+        bias = torch.randn(4, 9, 11, dtype=torch.float64)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        assert_close(attend(q, k, v, bias=bias), expected, 1e-10)
+
+    @pytest.mark.parametrize("normalizer", BIASED)
+    def test_zero_bias_changes_nothing(self, normalizer):
+        q, k, v = qkv(2, 3, n_q=4, n_k=6)
+        mask = random_mask(2, 3, 4, 6)
+        alpha = 1.7 if normalizer == "entmax" else None
+        kwargs = {"mask": mask, "normalizer": normalizer, "alpha": alpha, "causal": True}
+        plain = attend(q, k, v, return_weights=True, **kwargs)
+        zero = attend(
+            q, k, v, bias=torch.zeros(6, dtype=torch.float64), return_weights=True, **kwargs
+        )
+        for a, b in zip(plain, zero, strict=True):
+            assert_close(a, b, 1e-12)
+
+    @pytest.mark.parametrize("return_weights", [False, True])
+    def test_gradients_reach_the_bias_on_both_paths(self, return_weights):
+        q, k, v = (t.requires_grad_() for t in qkv(2, 3, n_q=5, n_k=6))
+        bias = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+        mask = random_mask(2, 1, 5, 6, seed=3)
+        out = as_tuple(attend(q, k, v, mask=mask, bias=bias, return_weights=return_weights))[0]
+        got = torch.autograd.grad(out.square().sum(), (q, k, v, bias))
+        expected_out, _ = biased_reference(q, k, v, bias, mask)
+        want = torch.autograd.grad(expected_out.square().sum(), (q, k, v, bias))
+        for a, b in zip(got, want, strict=True):
+            assert_close(a, b, 1e-10)
+
+    @pytest.mark.parametrize("normalizer", available_normalizers())
+    @pytest.mark.parametrize("return_weights", [False, True])
+    def test_minus_inf_bias_forbids_keys_and_empty_rows_are_zero(self, normalizer, return_weights):
+        q, k, v = (t.requires_grad_() for t in qkv(2, n_q=4, n_k=5))
+        bias = torch.randn(2, 4, 5, dtype=torch.float64)
+        bias[:, :, 1] = float("-inf")  # key 1 forbidden everywhere
+        bias[0, 2] = float("-inf")  # query 2 of batch 0 has no key left
+        bias = bias.requires_grad_()
+        result = attend(q, k, v, bias=bias, normalizer=normalizer, return_weights=True)
+        out, weights = result
+        assert (weights[..., 1] == 0).all() and (weights[0, 2] == 0).all()
+        assert (out[0, 2] == 0).all() and torch.isfinite(out).all()
+        fast = as_tuple(
+            attend(q, k, v, bias=bias, normalizer=normalizer, return_weights=return_weights)
+        )[0]
+        grads = torch.autograd.grad(fast.sum(), (q, k, v, bias), allow_unused=True)
+        assert all(g is None or torch.isfinite(g).all() for g in grads)
+        if grads[0] is not None:  # hardmax passes no gradient to the scores
+            assert (grads[0][0, 2] == 0).all()
+
+    def test_fast_path_with_bias_guards_against_a_nan_backend(self, monkeypatch):
+        def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+            assert attn_mask is not None and attn_mask.is_floating_point() and not is_causal
+            scores = (q @ k.transpose(-2, -1)) * (scale or q.shape[-1] ** -0.5) + attn_mask
+            return torch.softmax(scores, -1) @ v  # NaN on an all -inf row
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", naive_sdpa)
+        q, k, v = qkv(2, n_q=4, n_k=5)
+        mask = random_mask(2, 4, 5)
+        mask[1, 3] = False
+        bias = torch.randn(4, 5, dtype=torch.float64)
+        out = attend(q, k, v, mask=mask, bias=bias, causal=True)
+        assert (out[1, 3] == 0).all() and torch.isfinite(out).all()
+        assert_close(out, biased_reference(q, k, v, bias, mask & causal_mask(4, 5))[0], 1e-10)
+
+    def test_bias_is_cast_to_the_dtype_of_q(self):
+        q, k, v = qkv(2, n_q=3, n_k=4, dtype=torch.float32)
+        bias = torch.randn(3, 4, dtype=torch.float64)
+        out = attend(q, k, v, bias=bias)
+        assert out.dtype == torch.float32
+        assert_close(out, attend(q, k, v, bias=bias.float()), 0.0)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("normalizer", ["softmax", "entmax15"])
+    def test_half_precision_close_to_float32(self, dtype, normalizer):
+        q, k, v = qkv(2, 2, n_q=5, n_k=7, dtype=torch.float32)
+        bias = -0.5 * torch.arange(7.0).expand(5, 7)
+        expected = attend(q, k, v, bias=bias, causal=True, normalizer=normalizer)
+        low = attend(
+            *(t.to(dtype) for t in (q, k, v)), bias=bias, causal=True, normalizer=normalizer
+        )
+        assert low.dtype == dtype
+        assert_close(low.float(), expected, 3e-2)
+
+    @pytest.mark.parametrize(
+        "bias, error",
+        [
+            ([[0.0]], TypeError),
+            (torch.zeros(3, 4, dtype=torch.int64), TypeError),
+            (torch.zeros(3, 4, dtype=torch.bool), TypeError),
+            (torch.zeros(3, 5, dtype=torch.float64), ValueError),
+            (torch.zeros(5, 3, 4, dtype=torch.float64), ValueError),
+            (torch.zeros(1, 1, 3, 4, dtype=torch.float64), ValueError),
+        ],
+    )
+    def test_bad_bias_is_named(self, bias, error):
+        with pytest.raises(error, match="`bias`"):
+            bad_call(bias=bias)

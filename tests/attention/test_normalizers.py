@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from attnzoo.attention import normalizers
 from attnzoo.attention.entmax import (
     MIN_ALPHA,
+    AlphaEntmax,
     Entmax15,
     EntmaxAlpha,
     EntmaxBisect,
     Sparsemax,
+    alpha_entmax,
     entmax15,
     entmax_bisect,
     sparsemax,
@@ -54,9 +56,10 @@ NORMALIZERS = {
     "softmax": softmax,
     "sparsemax": sparsemax,
     "entmax15": entmax15,
-    "entmax-1.25": functools.partial(entmax_bisect, alpha=1.25),
-    "entmax-1.5": functools.partial(entmax_bisect, alpha=1.5),
-    "entmax-2": functools.partial(entmax_bisect, alpha=2.0),
+    "entmax-1.25": functools.partial(alpha_entmax, alpha=1.25),
+    "entmax-1.5": functools.partial(alpha_entmax, alpha=1.5),
+    "entmax-2": functools.partial(alpha_entmax, alpha=2.0),
+    "bisect-1.5": functools.partial(entmax_bisect, alpha=1.5),
     "hardmax": hardmax,
     "hardmax-st": functools.partial(hardmax, straight_through=True),
     "gumbel": _seeded_gumbel(),
@@ -68,6 +71,7 @@ SPARSE_ALPHA = {
     "entmax-1.25": 1.25,
     "entmax-1.5": 1.5,
     "entmax-2": 2.0,
+    "bisect-1.5": 1.5,
 }
 DETERMINISTIC = [name for name in NORMALIZERS if not name.startswith("gumbel")]
 
@@ -91,6 +95,13 @@ PAIRS = {
         functools.partial(entmax_bisect, alpha=2.0),
         functools.partial(ref.entmax_bisect, alpha=2.0),
     ),
+    **{
+        f"newton-{alpha}": (
+            functools.partial(alpha_entmax, alpha=alpha),
+            functools.partial(ref.entmax_bisect, alpha=alpha),
+        )
+        for alpha in (1.01, 1.1, 1.5, 1.8, 2.0, 2.5)
+    },
 }
 SHAPES_DIMS = [
     ((3, 5, 7), -1),
@@ -138,13 +149,13 @@ def _check_parity_suite(device: str) -> None:
             assert value <= PARITY_TOL and grad <= PARITY_TOL, (name, shape, dim, value, grad)
 
 
-def _check_per_head_alpha_parity(device: str) -> None:
+def _check_per_head_alpha_parity(device: str, solver=entmax_bisect) -> None:
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 3, 4, 6, generator=gen, dtype=torch.float64).to(device)
     alpha = torch.tensor([1.2, 1.5, 1.9], dtype=torch.float64, device=device).view(1, 3, 1, 1)
     ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
     ours_a, ref_a = alpha.clone().requires_grad_(), alpha.clone().requires_grad_()
-    ours = entmax_bisect(ours_x, ours_a)
+    ours = solver(ours_x, ours_a)
     theirs = ref.entmax_bisect(ref_x, ref_a.expand(2, 3, 4, 1))
     upstream = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device)
     ours.backward(upstream)
@@ -164,21 +175,24 @@ def test_parity_with_entmax_package_float64():
     _check_parity_suite("cpu")
 
 
-def test_per_head_alpha_parity_including_alpha_gradient():
-    _check_per_head_alpha_parity("cpu")
+@pytest.mark.parametrize("solver", [entmax_bisect, alpha_entmax], ids=["bisect", "newton"])
+def test_per_head_alpha_parity_including_alpha_gradient(solver):
+    _check_per_head_alpha_parity("cpu", solver)
 
 
-def test_bisect_matches_the_exact_sort_based_maps():
+@pytest.mark.parametrize("solver", [entmax_bisect, alpha_entmax], ids=["bisect", "newton"])
+def test_general_alpha_matches_the_exact_sparsemax_and_entmax15(solver):
     x = torch.randn(4, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    assert (entmax_bisect(x, alpha=2.0) - sparsemax(x)).abs().max() <= PARITY_TOL
-    assert (entmax_bisect(x, alpha=1.5) - entmax15(x)).abs().max() <= PARITY_TOL
+    assert (solver(x, alpha=2.0) - sparsemax(x)).abs().max() <= PARITY_TOL
+    assert (solver(x, alpha=1.5) - entmax15(x)).abs().max() <= PARITY_TOL
 
 
-def test_bisect_float32_close_to_float64():
+@pytest.mark.parametrize("solver", [entmax_bisect, alpha_entmax], ids=["bisect", "newton"])
+def test_general_alpha_float32_close_to_float64(solver):
     x = 4 * torch.randn(5, 3, 9, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     for alpha in (1.05, 1.5, 2.0):
-        exact = entmax_bisect(x, alpha=alpha)
-        single = entmax_bisect(x.float(), alpha=alpha)
+        exact = solver(x, alpha=alpha)
+        single = solver(x.float(), alpha=alpha)
         assert single.dtype == torch.float32
         assert (single.double() - exact).abs().max() <= 1e-5
 
@@ -231,6 +245,62 @@ def test_gradcheck_bisect_per_head_alpha_tensor():
     assert torch.autograd.gradcheck(lambda x, a: entmax_bisect(x, alpha=a), inputs)
 
 
+@pytest.mark.parametrize("alpha", [1.011, 1.2, 1.5, 2.0, 2.5])
+def test_gradcheck_newton_float_alpha(alpha):
+    assert torch.autograd.gradcheck(
+        lambda x: alpha_entmax(x, alpha=alpha, dim=1), (_scores(2, 5, 4, seed=1),)
+    )
+
+
+def test_gradcheck_newton_alpha_near_one_and_two_with_ties_masks_and_empty_rows():
+    # One alpha per head: just above the floor, mid-range, just below and at 2.
+    alpha = torch.tensor([1.011, 1.5, 1.999, 2.0], dtype=torch.float64).view(1, 4, 1, 1)
+    x = _scores(2, 4, 3, 6, seed=12).detach()
+    x[0, :, 0, :3] = 0.7  # a three-way tie at the top
+    x[1, :, 1, 4] = x[1, :, 1, 2]  # a tie lower down
+    x[0, :, 1, 1::2] = NEG_INF  # masked entries
+    x[1, :, 2] = NEG_INF  # fully masked rows
+    x.requires_grad_()
+
+    def finite_part(t, a):  # gradcheck perturbs inputs; keep the -inf entries fixed
+        return alpha_entmax(torch.where(torch.isneginf(x), x.detach(), t), alpha=a)
+
+    assert torch.autograd.gradcheck(finite_part, (x, alpha.requires_grad_()))
+
+
+@pytest.mark.parametrize("alpha", [1.011, 1.3, 1.999])
+def test_newton_alpha_gradient_matches_the_package(alpha):
+    # The package differentiates its bisection in alpha with the same closed form; both
+    # sides see the same scores, with ties and a masked (very negative) entry.
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 4, 9, generator=gen, dtype=torch.float64)
+    x[:, :, 3] = x[:, :, 5]
+    x[:, 1, 0] = -1e6
+    a = torch.full((3, 4, 1), alpha, dtype=torch.float64)
+    ours_a, ref_a = a.clone().requires_grad_(), a.clone().requires_grad_()
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, theirs = alpha_entmax(ours_x, ours_a), ref.entmax_bisect(ref_x, ref_a)
+    upstream = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    ours.backward(upstream)
+    theirs.backward(upstream)
+    assert (ours - theirs).abs().max() <= PARITY_TOL
+    assert (ours_x.grad - ref_x.grad).abs().max() <= PARITY_TOL
+    assert (ours_a.grad - ref_a.grad).abs().max() <= PARITY_TOL * max(1.0, ref_a.grad.abs().max())
+
+
+def test_newton_settles_on_long_rows_of_every_scale():
+    # scale 0.01 gives supports of thousands of entries, 30 a single one; float32 like the
+    # attention path, checked against float64 bisection.
+    gen = torch.Generator().manual_seed(14)
+    for scale in (0.01, 1.0, 30.0):
+        x = scale * torch.randn(8, 3000, generator=gen, dtype=torch.float64)
+        for alpha in (1.01, 1.3, 1.7, 2.0, 3.0):
+            exact = ref.entmax_bisect(x, alpha=alpha, n_iter=80)
+            assert (alpha_entmax(x, alpha=alpha) - exact).abs().max() <= PARITY_TOL
+            single = alpha_entmax(x.float(), alpha=alpha).double()
+            assert (single - exact).abs().max() <= 2e-5, (scale, alpha)
+
+
 def test_gradcheck_with_masked_entries_and_masked_rows():
     mask = torch.tensor([[True, False, True, True, False], [False] * 5, [True] * 5])
     alpha = torch.tensor([[1.3], [1.7], [1.5]], dtype=torch.float64).requires_grad_()
@@ -242,13 +312,14 @@ def test_gradcheck_with_masked_entries_and_masked_rows():
     assert torch.autograd.gradcheck(masked(sparsemax), (x,))
     assert torch.autograd.gradcheck(masked(entmax15), (x,))
     assert torch.autograd.gradcheck(masked(lambda s, a: entmax_bisect(s, alpha=a)), (x, alpha))
+    assert torch.autograd.gradcheck(masked(lambda s, a: alpha_entmax(s, alpha=a)), (x, alpha))
 
 
 def test_learnable_alpha_gradient_reaches_the_parameter():
     module = EntmaxAlpha(3)
     scores = torch.randn(2, 3, 4, 5)
     target = torch.randn(2, 3, 4, 5)
-    (entmax_bisect(scores, alpha=module()) * target).sum().backward()
+    (alpha_entmax(scores, alpha=module()) * target).sum().backward()
     assert module.raw.grad is not None
     assert torch.isfinite(module.raw.grad).all() and module.raw.grad.abs().sum() > 0
 
@@ -295,8 +366,11 @@ def test_mixed_rows_have_no_nan_from_inf_arithmetic(name):
 @pytest.mark.parametrize("name", list(NORMALIZERS))
 def test_masked_normalize_through_the_registry(name):
     registry_name = {"hardmax-st": "hardmax", "gumbel-hard": "gumbel"}.get(name, name)
-    registry_name = "entmax" if registry_name.startswith("entmax-") else registry_name
-    options = {"alpha": float(name.split("-")[1])} if name.startswith("entmax-") else {}
+    options: dict = {}
+    if name.startswith(("entmax-", "bisect-")):
+        registry_name, options = "entmax", {"alpha": float(name.split("-")[1])}
+        if name.startswith("bisect-"):
+            options["n_iter"] = 50
     scores = torch.randn(2, 3, 5)
     mask = torch.tensor([True, False, True, True, False])
     out = masked_normalize(scores, mask, registry_name, **options)
@@ -347,7 +421,13 @@ def test_half_precision_computes_in_float32(name, dtype):
 def test_half_precision_gradient_is_finite(dtype):
     x = (torch.rand(2, 3, 6) * 2e4 - 1e4).to(dtype).requires_grad_()
     alpha = EntmaxAlpha(3)()
-    for out in (sparsemax(x), entmax15(x), entmax_bisect(x, alpha=alpha.view(1, 3, 1))):
+    per_head = alpha.view(1, 3, 1)
+    for out in (
+        sparsemax(x),
+        entmax15(x),
+        entmax_bisect(x, alpha=per_head),
+        alpha_entmax(x, alpha=per_head),
+    ):
         (grad,) = torch.autograd.grad(out.float().square().sum(), x)
         assert grad.dtype == dtype and torch.isfinite(grad).all()
 
@@ -430,7 +510,12 @@ def test_property_well_separated_scores_give_one_hot(name, x, winner):
 @settings(max_examples=50, deadline=None)
 @given(x=masked_scores(), shift=FINITE)
 def test_property_shift_invariance_of_sparse_maps(x, shift):
-    for fn in (sparsemax, entmax15, functools.partial(entmax_bisect, alpha=1.3)):
+    for fn in (
+        sparsemax,
+        entmax15,
+        functools.partial(entmax_bisect, alpha=1.3),
+        functools.partial(alpha_entmax, alpha=1.3),
+    ):
         assert torch.allclose(fn(x + shift), fn(x), atol=1e-9)
 
 
@@ -489,7 +574,9 @@ def test_registry_names_and_lookup():
     assert torch.equal(get_normalizer("softmax")(x), softmax(x))
     assert torch.equal(get_normalizer("sparsemax")(x), sparsemax(x))
     assert torch.equal(get_normalizer("entmax15")(x, dim=0), entmax15(x, dim=0))
-    assert torch.equal(get_normalizer("entmax", alpha=1.3)(x), entmax_bisect(x, alpha=1.3))
+    assert torch.equal(get_normalizer("entmax", alpha=1.3)(x), alpha_entmax(x, alpha=1.3))
+    bisect = get_normalizer("entmax", alpha=1.3, n_iter=20)(x)
+    assert torch.equal(bisect, entmax_bisect(x, alpha=1.3, n_iter=20))
     assert torch.equal(get_normalizer("hardmax")(x), hardmax(x))
     assert torch.equal(get_normalizer("hard")(x), hardmax(x))  # the short name is an alias
 
@@ -538,16 +625,17 @@ def test_module_forms_match_functions():
     assert torch.equal(Sparsemax(dim=1)(x), sparsemax(x, dim=1))
     assert torch.equal(Entmax15(dim=0)(x), entmax15(x, dim=0))
     assert torch.equal(EntmaxBisect(1.7, dim=1, n_iter=30)(x), entmax_bisect(x, 1.7, 1, 30))
-    assert "alpha=1.7" in repr(EntmaxBisect(1.7))
+    assert torch.equal(AlphaEntmax(1.7, dim=1)(x), alpha_entmax(x, 1.7, 1))
+    assert "alpha=1.7" in repr(EntmaxBisect(1.7)) and "alpha=1.7" in repr(AlphaEntmax(1.7))
 
 
 def test_empty_axis_returns_empty():
     x = torch.randn(2, 0)
-    for fn in (sparsemax, entmax15, entmax_bisect):
+    for fn in (sparsemax, entmax15, entmax_bisect, alpha_entmax):
         assert fn(x).shape == (2, 0)
 
 
-@pytest.mark.parametrize("fn", [sparsemax, entmax15, entmax_bisect])
+@pytest.mark.parametrize("fn", [sparsemax, entmax15, entmax_bisect, alpha_entmax])
 def test_bad_scores_and_dim_name_the_argument(fn):
     with pytest.raises(TypeError, match="`x`"):
         fn([1.0, 2.0])
@@ -579,6 +667,11 @@ def test_bad_scores_and_dim_name_the_argument(fn):
 def test_bad_alpha_names_the_argument(alpha, error):
     with pytest.raises(error, match="`alpha`"):
         entmax_bisect(torch.randn(2, 3, 4, 5), alpha=alpha)
+    with pytest.raises(error, match="`alpha`"):
+        alpha_entmax(torch.randn(2, 3, 4, 5), alpha=alpha)
+    if not isinstance(alpha, torch.Tensor):
+        with pytest.raises(error, match="`alpha`"):
+            AlphaEntmax(alpha)
 
 
 @pytest.mark.parametrize(
@@ -635,7 +728,7 @@ def test_entmax_alpha_stays_above_one_under_a_huge_learning_rate(make_optimizer)
     scores = torch.randn(2, 3, 4, 6, generator=torch.Generator().manual_seed(10))
     for _ in range(20):
         optimizer.zero_grad()
-        p = entmax_bisect(scores, alpha=module())
+        p = alpha_entmax(scores, alpha=module())
         # Minimising alpha directly plus a preference for dense (high-entropy) weights
         # both push alpha down, as hard as the learning rate allows.
         entropy = -(p * p.clamp(min=1e-30).log()).sum()
@@ -643,7 +736,7 @@ def test_entmax_alpha_stays_above_one_under_a_huge_learning_rate(make_optimizer)
         optimizer.step()
         alpha = module()
         assert torch.isfinite(alpha).all() and (alpha > 1).all()
-        assert torch.isfinite(entmax_bisect(scores, alpha=alpha)).all()
+        assert torch.isfinite(alpha_entmax(scores, alpha=alpha)).all()
     assert (module() < 1.02).all()  # it did go down, to the floor
     with torch.no_grad():
         module.raw.fill_(NEG_INF)
@@ -661,8 +754,9 @@ class TestCuda:
     def test_parity_with_entmax_package(self):
         _check_parity_suite("cuda")
 
-    def test_per_head_alpha_parity(self):
-        _check_per_head_alpha_parity("cuda")
+    @pytest.mark.parametrize("solver", [entmax_bisect, alpha_entmax], ids=["bisect", "newton"])
+    def test_per_head_alpha_parity(self, solver):
+        _check_per_head_alpha_parity("cuda", solver)
 
     @pytest.mark.parametrize("name", list(NORMALIZERS))
     def test_masked_rows_and_half_precision(self, name):

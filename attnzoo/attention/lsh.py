@@ -1,0 +1,508 @@
+"""LSH attention, the attention of the Reformer (Kitaev et al. 2020).
+
+Shared-QK attention: one projection gives the queries, and the keys are the same vectors
+normalised to unit length, ``k_j = q_j / ||q_j||``. Softmax attention is dominated by the
+keys closest to the query, so instead of scoring all ``n`` keys every query only scores
+the keys that land in its hash bucket:
+
+1. **Angular LSH.** A random matrix ``R`` ``(d, n_buckets / 2)`` projects every vector;
+   its bucket is ``argmax([x R; -x R])`` (``n_buckets`` even). Nearby directions tend to
+   share a bucket. ``n_hashes`` rounds use independent matrices.
+2. **Sort and chunk.** In every round the positions are sorted by ``(bucket, position)``
+   and cut into chunks of ``chunk_length``; each chunk attends to itself and to the
+   chunk before it (the look-back), so a bucket that straddles a chunk boundary is still
+   seen. Scores ``(n / m) x m x 2m`` instead of ``n x n``.
+3. **Rules.** A query never attends to itself unless no other key is available (its own
+   key would always score highest); a causal query only sees positions ``j <= i``; padded
+   keys are never seen; ``attend_across_buckets=False`` also hides keys of other buckets
+   that share the chunk window.
+4. **Several rounds.** Each round gives an output and the log-sum-exp of its scores; the
+   rounds are combined with weights ``softmax_r(lse_r)``. A key seen in ``N_ij`` rounds has
+   ``log N_ij`` taken off its score in each of them (the paper's duplicate counting), so
+   the result is exactly softmax attention over the union of the rounds' key sets.
+5. Undo the sort.
+
+With ``chunk_length >= n`` every round sees every key and the result is dense shared-QK
+attention with the self rule; :func:`lsh_allowed_mask` gives the key set a query sees in
+general, for tests and plots.
+
+Randomness: without ``rotations`` the random matrices are drawn at every call (from
+``generator``, else the global RNG), as the Reformer does; pass ``rotations`` (see
+:func:`random_rotations`) or give :class:`LSHAttention` a ``seed`` for fixed hashing.
+Only softmax is supported: combining rounds needs the log-sum-exp of the scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .multi_head import resolve_dim_head, xavier_init_
+from .validation import (
+    check_bool_mask,
+    check_int,
+    check_positive,
+    check_probability,
+    check_rank,
+    check_size,
+)
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def random_rotations(
+    heads: int,
+    dim_head: int,
+    n_buckets: int,
+    n_hashes: int = 1,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Random projections of the angular LSH, standard normal entries.
+
+    Args:
+        heads: number of heads (each hashes with its own matrices).
+        dim_head: width of the hashed vectors.
+        n_buckets: number of buckets, an even int >= 2.
+        n_hashes: number of hash rounds.
+        generator: optional ``torch.Generator`` (on ``device``) for reproducible hashing.
+
+    Returns:
+        ``(heads, n_hashes, dim_head, n_buckets // 2)``.
+    """
+    check_int(heads, "heads")
+    check_int(dim_head, "dim_head")
+    _check_buckets(n_buckets)
+    check_int(n_hashes, "n_hashes")
+    shape = (heads, n_hashes, dim_head, n_buckets // 2)
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def lsh_buckets(x: Tensor, rotations: Tensor) -> Tensor:
+    """Bucket of every vector in every round: ``argmax([x R; -x R])``.
+
+    Args:
+        x: ``(batch, heads, n, d)``.
+        rotations: ``(heads, n_hashes, d, n_buckets // 2)``.
+
+    Returns:
+        ``(batch, heads, n_hashes, n)`` int64 in ``[0, n_buckets)``.
+    """
+    check_rank(x, 4, "x", "(batch, heads, n, d)")
+    _check_rotations(rotations, x.shape[1], x.shape[-1])
+    projected = torch.einsum("bhnd,hrdk->bhrnk", x, rotations.to(x.dtype))
+    return torch.cat([projected, -projected], dim=-1).argmax(dim=-1)
+
+
+def lsh_allowed_mask(
+    buckets: Tensor,
+    chunk_length: int,
+    *,
+    causal: bool = False,
+    attend_across_buckets: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """The keys each query sees in some round, as a dense mask (for tests and plots).
+
+    Query ``i`` sees key ``j != i`` when, in some round, ``j``'s chunk (in the order sorted
+    by ``(bucket, position)``) is ``i``'s chunk or the one before it, ``j`` is a real token,
+    ``j <= i`` when causal, and the buckets agree unless ``attend_across_buckets``. The
+    self key is not included: :func:`lsh_attention` falls back to it only when a query
+    sees nothing else. ``O(n^2)`` memory.
+
+    Args:
+        buckets: ``(batch, heads, n_hashes, n)`` from :func:`lsh_buckets`.
+        chunk_length: positions per chunk, an int >= 1.
+        mask: key-padding mask ``(batch, n)``, True = real token.
+
+    Returns:
+        ``(batch, heads, n, n)`` boolean.
+    """
+    check_rank(buckets, 4, "buckets", "(batch, heads, n_hashes, n)")
+    check_int(chunk_length, "chunk_length")
+    n = buckets.shape[-1]
+    positions = torch.arange(n, device=buckets.device)
+    order = (buckets * n + positions).argsort(dim=-1)
+    rank = torch.empty_like(order).scatter_(-1, order, positions.expand_as(order))
+    chunk = rank // chunk_length  # (b, h, r, n)
+    offset = chunk[..., :, None] - chunk[..., None, :]  # query chunk - key chunk
+    seen = (offset == 0) | (offset == 1)
+    if not attend_across_buckets:
+        seen = seen & (buckets[..., :, None] == buckets[..., None, :])
+    allowed = seen.any(dim=2) & ~torch.eye(n, dtype=torch.bool, device=buckets.device)
+    if causal:
+        allowed = allowed & (positions[None, :] <= positions[:, None])
+    if mask is not None:
+        check_bool_mask(mask, "mask")
+        allowed = allowed & mask[:, None, None, :]
+    return allowed
+
+
+def lsh_attention(
+    qk: Tensor,
+    v: Tensor,
+    *,
+    n_buckets: int,
+    n_hashes: int = 1,
+    chunk_length: int = 64,
+    causal: bool = False,
+    mask: Tensor | None = None,
+    attend_across_buckets: bool = True,
+    rotations: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """Shared-QK softmax attention over LSH buckets (see the module docstring).
+
+    Args:
+        qk: shared queries/keys ``(batch, heads, n, d)``; keys are ``qk`` normalised.
+        v: values ``(batch, heads, n, d_v)``.
+        n_buckets: buckets per round, an even int >= 2.
+        n_hashes: hash rounds, an int >= 1.
+        chunk_length: positions per chunk, an int >= 1; each chunk also sees the previous.
+        causal: query ``i`` only sees keys ``j <= i``.
+        mask: key-padding mask ``(batch, n)``, True = real token.
+        attend_across_buckets: let a query see keys of other buckets that share its chunk
+            window (the Reformer's default); False restricts it to its own bucket.
+        rotations: fixed ``(heads, n_hashes, d, n_buckets // 2)`` projections; default:
+            drawn now by :func:`random_rotations` from ``generator``.
+        generator: ``torch.Generator`` for the drawn rotations (global RNG if None).
+        scale: score scale, > 0; default ``1 / sqrt(d)``.
+        dropout: attention-weight dropout, in [0, 1).
+        training: apply dropout only when True.
+
+    Returns:
+        ``(batch, heads, n, d_v)``. A query that sees no key at all (all padding) gives
+        zeros; one that sees only itself gives its own value.
+    """
+    _check_inputs(qk, v, mask, n_buckets, n_hashes, chunk_length, causal, scale, dropout)
+    heads, n, d = qk.shape[1:]
+    if rotations is None:
+        rotations = random_rotations(
+            heads, d, n_buckets, n_hashes, generator=generator, device=qk.device
+        )
+    else:
+        _check_rotations(rotations, heads, d, n_buckets, n_hashes)
+    dtype = qk.dtype
+    if dtype in LOW_PRECISION:  # scores, exponentials and log-sum-exps in float32
+        qk, v = qk.float(), v.float()
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    p_drop = dropout if training else 0.0
+    if n == 0:
+        return v.to(dtype)
+
+    buckets = lsh_buckets(qk, rotations)  # (b, h, r, n)
+    positions = torch.arange(n, device=qk.device)
+    order = (buckets * n + positions).argsort(dim=-1)  # sorted slot -> position
+    rank = torch.empty_like(order).scatter_(-1, order, positions.expand_as(order))
+
+    m = min(chunk_length, n)
+    n_chunks = -(-n // m)
+    # Slots past n (the last chunk's padding) hold position -1.
+    slot_pos = F.pad(order, (0, n_chunks * m - n), value=-1)  # (b, h, r, N)
+    q_pos = slot_pos.unflatten(-1, (n_chunks, m))  # (b, h, r, C, m)
+    k_pos = _with_previous_chunk(q_pos, fill=-1)  # (b, h, r, C, 2m)
+
+    keys = F.normalize(qk, dim=-1)
+    q_chunks = _gather_positions(qk, q_pos)  # (b, h, r, C, m, d)
+    k_chunks = _gather_positions(keys, k_pos)  # (b, h, r, C, 2m, d)
+    v_chunks = _gather_positions(v, k_pos)
+    scores = torch.matmul(q_chunks, k_chunks.transpose(-2, -1)) * scale  # (b, h, r, C, m, 2m)
+
+    allowed = _allowed(q_pos, k_pos, buckets, mask, causal, attend_across_buckets)
+    if n_hashes > 1:
+        counts = _round_counts(q_pos, k_pos, rank // m, buckets, attend_across_buckets)
+        scores = scores - torch.log(counts.to(scores.dtype))
+    # A query with no allowed key gets a finite log-sum-exp (the lowest float) and zero
+    # weights, so neither the output nor the gradient becomes NaN.
+    filled = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    lse = torch.logsumexp(filled, dim=-1, keepdim=True)
+    weights = torch.exp(filled - lse) * allowed
+    weights = F.dropout(weights, p_drop, training=p_drop > 0)
+    out_sorted = torch.matmul(weights, v_chunks).flatten(3, 4)[..., :n, :]  # (b, h, r, n, dv)
+    lse_sorted = lse.flatten(3, 5)[..., :n]  # (b, h, r, n)
+    seen_sorted = allowed.any(dim=-1).flatten(3, 4)[..., :n]
+
+    # Undo the sort: position p sits at slot rank[p] of its round.
+    out = out_sorted.gather(-2, rank.unsqueeze(-1).expand(*rank.shape, v.shape[-1]))
+    lse = lse_sorted.gather(-1, rank)
+    round_weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (b, h, r, n, 1)
+    out = (round_weights * out).sum(dim=2)  # (b, h, n, dv)
+
+    # Attend to self only when no round offered another key.
+    alone = ~seen_sorted.gather(-1, rank).any(dim=2)  # (b, h, n)
+    if mask is not None:
+        alone = alone & mask[:, None, :]
+    out = torch.where(alone.unsqueeze(-1), v, out)
+    return out.to(dtype)
+
+
+def _with_previous_chunk(positions: Tensor, fill: int) -> Tensor:
+    """``(..., C, m)`` -> ``(..., C, 2m)``: each chunk's slots preceded by those of the chunk
+    before it (``fill`` before the first chunk; no wrap-around)."""
+    previous = torch.roll(positions, 1, dims=-2)
+    previous[..., 0, :] = fill
+    return torch.cat([previous, positions], dim=-1)
+
+
+def _gather_positions(x: Tensor, positions: Tensor) -> Tensor:
+    """Rows of ``x`` ``(b, h, n, d)`` at ``positions`` ``(b, h, r, C, s)`` (-1 gives row 0)
+    -> ``(b, h, r, C, s, d)``."""
+    b, h, _, d = x.shape
+    flat = positions.clamp_min(0).flatten(2)  # (b, h, r * C * s)
+    rows = x.gather(2, flat.unsqueeze(-1).expand(b, h, flat.shape[-1], d))
+    return rows.view(*positions.shape, d)
+
+
+def _allowed(
+    q_pos: Tensor,
+    k_pos: Tensor,
+    buckets: Tensor,
+    mask: Tensor | None,
+    causal: bool,
+    attend_across_buckets: bool,
+) -> Tensor:
+    """``(b, h, r, C, m, 2m)`` boolean: the key slot is a real, visible, non-self key."""
+    qp, kp = q_pos.unsqueeze(-1), k_pos.unsqueeze(-2)
+    allowed = (qp >= 0) & (kp >= 0) & (qp != kp)
+    if causal:
+        allowed = allowed & (kp <= qp)
+    if mask is not None:
+        real = mask[:, None, None, None, :].expand(*k_pos.shape[:-1], mask.shape[-1])
+        allowed = allowed & real.gather(-1, k_pos.clamp_min(0)).unsqueeze(-2)
+    if not attend_across_buckets:
+        q_bucket = _gather_last(buckets, q_pos)
+        k_bucket = _gather_last(buckets, k_pos)
+        allowed = allowed & (q_bucket.unsqueeze(-1) == k_bucket.unsqueeze(-2))
+    return allowed
+
+
+def _gather_last(per_position: Tensor, positions: Tensor) -> Tensor:
+    """``per_position`` ``(b, h, r, n)`` read at ``positions`` ``(b, h, r, C, s)`` of the same
+    round (-1 reads position 0)."""
+    flat = positions.clamp_min(0).flatten(3)  # (b, h, r, C * s)
+    return per_position.gather(-1, flat).view(positions.shape)
+
+
+def _round_counts(
+    q_pos: Tensor, k_pos: Tensor, chunk: Tensor, buckets: Tensor, attend_across_buckets: bool
+) -> Tensor:
+    """``N_ij``: in how many rounds key ``j`` is in the window of query ``i``, for every
+    ``(b, h, r, C, m, 2m)`` slot pair (at least 1 where the pair is real).
+
+    ``chunk`` ``(b, h, r', n)`` is the chunk of every position in every round; the pair is
+    in round ``r'``'s window when ``chunk_r'(i) - chunk_r'(j)`` is 0 or 1 (and the buckets
+    agree without ``attend_across_buckets``).
+    """
+    b, h, r, _ = chunk.shape
+    by_position = chunk.permute(0, 1, 3, 2)  # (b, h, n, r')
+
+    def per_round(per_pos: Tensor, positions: Tensor) -> Tensor:
+        flat = positions.clamp_min(0).flatten(2)  # (b, h, r * C * s)
+        rows = per_pos.gather(2, flat.unsqueeze(-1).expand(b, h, flat.shape[-1], r))
+        return rows.view(*positions.shape, r)  # (b, h, r, C, s, r')
+
+    qc, kc = per_round(by_position, q_pos).unsqueeze(-2), per_round(by_position, k_pos)
+    offset = qc - kc.unsqueeze(-3)  # (b, h, r, C, m, 2m, r')
+    seen = (offset == 0) | (offset == 1)
+    if not attend_across_buckets:
+        by_bucket = buckets.permute(0, 1, 3, 2)
+        qb = per_round(by_bucket, q_pos).unsqueeze(-2)
+        kb = per_round(by_bucket, k_pos).unsqueeze(-3)
+        seen = seen & (qb == kb)
+    return seen.sum(dim=-1).clamp_min(1)
+
+
+class LSHAttention(nn.Module):
+    """Multi-head shared-QK LSH self-attention (the Reformer's attention layer).
+
+    Parameters: ``query_key`` (``dim -> heads * dim_head``, the shared projection),
+    ``value`` (``dim -> heads * dim_head``) and ``out`` (``heads * dim_head -> dim``);
+    Xavier-uniform weights and zero biases.
+
+    Args:
+        dim: model width.
+        heads: number of heads.
+        n_buckets: buckets per hash round, an even int >= 2 (the paper takes about
+            ``n / chunk_length``).
+        n_hashes: hash rounds (more rounds: closer to full attention, more work).
+        chunk_length: positions per chunk.
+        causal: query ``i`` only sees keys ``j <= i``.
+        attend_across_buckets: see :func:`lsh_attention`.
+        dim_head: width of a head; default ``dim // heads``.
+        dropout: attention-weight dropout, in training mode only.
+        bias: whether the projections have biases.
+        seed: fixed hashing: the rotations are drawn once from this seed (a buffer, not
+            saved in the state dict). None draws new rotations at every call from the
+            global RNG, as the Reformer does (reproducible with ``torch.manual_seed``).
+    """
+
+    rotations: Tensor | None
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        n_buckets: int = 8,
+        n_hashes: int = 1,
+        chunk_length: int = 64,
+        causal: bool = False,
+        attend_across_buckets: bool = True,
+        dim_head: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        dim_head = resolve_dim_head(dim, heads, dim_head)
+        _check_buckets(n_buckets)
+        check_int(n_hashes, "n_hashes")
+        check_int(chunk_length, "chunk_length")
+        check_probability(dropout, "dropout")
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
+        self.n_buckets, self.n_hashes, self.chunk_length = n_buckets, n_hashes, chunk_length
+        self.causal, self.attend_across_buckets, self.dropout = (
+            causal,
+            attend_across_buckets,
+            dropout,
+        )
+        self.seed = seed
+        inner = heads * dim_head
+        self.query_key = nn.Linear(dim, inner, bias=bias)
+        self.value = nn.Linear(dim, inner, bias=bias)
+        self.out = nn.Linear(inner, dim, bias=bias)
+        rotations = None
+        if seed is not None:
+            check_int(seed, "seed", minimum=0)
+            generator = torch.Generator().manual_seed(seed)
+            rotations = random_rotations(heads, dim_head, n_buckets, n_hashes, generator=generator)
+        self.register_buffer("rotations", rotations, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases."""
+        xavier_init_(self.query_key, self.value, self.out)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend within the hash buckets.
+
+        Args:
+            x: ``(batch, n, dim)``.
+            mask: key-padding mask ``(batch, n)``, True = real token.
+
+        Returns:
+            ``(batch, n, dim)``.
+        """
+        check_rank(x, 3, "x", "(batch, n, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        qk = rearrange(self.query_key(x), "b n (h d) -> b h n d", h=self.heads)
+        v = rearrange(self.value(x), "b n (h d) -> b h n d", h=self.heads)
+        out = lsh_attention(
+            qk,
+            v,
+            n_buckets=self.n_buckets,
+            n_hashes=self.n_hashes,
+            chunk_length=self.chunk_length,
+            causal=self.causal,
+            mask=mask,
+            attend_across_buckets=self.attend_across_buckets,
+            rotations=self.rotations,
+            dropout=self.dropout,
+            training=self.training,
+        )
+        return self.out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, n_buckets={self.n_buckets}, n_hashes={self.n_hashes}, "
+            f"chunk_length={self.chunk_length}, causal={self.causal}, seed={self.seed}"
+        )
+
+
+def _check_buckets(n_buckets: object) -> None:
+    check_int(n_buckets, "n_buckets", minimum=2)
+    assert isinstance(n_buckets, int)
+    if n_buckets % 2:
+        raise ValueError(f"`n_buckets` must be an even int >= 2, got {n_buckets}")
+
+
+def _check_rotations(
+    rotations: object,
+    heads: int,
+    dim_head: int,
+    n_buckets: int | None = None,
+    n_hashes: int | None = None,
+) -> None:
+    """``rotations`` must be ``(heads, n_hashes, dim_head, n_buckets // 2)``."""
+    check_rank(rotations, 4, "rotations", "(heads, n_hashes, d, n_buckets // 2)")  # type: ignore[arg-type]
+    assert isinstance(rotations, Tensor)
+    expected = (
+        heads,
+        rotations.shape[1] if n_hashes is None else n_hashes,
+        dim_head,
+        rotations.shape[3] if n_buckets is None else n_buckets // 2,
+    )
+    if tuple(rotations.shape) != expected:
+        raise ValueError(
+            "`rotations` must have shape (heads, n_hashes, d, n_buckets // 2) = "
+            f"{expected}, got {tuple(rotations.shape)}"
+        )
+
+
+def _check_inputs(
+    qk: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    n_buckets: int,
+    n_hashes: int,
+    chunk_length: int,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad argument."""
+    check_rank(qk, 4, "qk", "(batch, heads, n, d)")
+    check_rank(v, 4, "v", "(batch, heads, n, d_v)")
+    if not qk.is_floating_point():
+        raise TypeError(f"`qk` must be a floating-point tensor, got dtype {qk.dtype}")
+    if v.shape[:3] != qk.shape[:3]:
+        raise ValueError(
+            f"`v` must have the (batch, heads, n) of `qk` {tuple(qk.shape[:3])}, "
+            f"got shape {tuple(v.shape)}"
+        )
+    if v.dtype != qk.dtype:
+        raise TypeError(f"`v` must have the dtype of `qk` ({qk.dtype}), got {v.dtype}")
+    if v.device != qk.device:
+        raise ValueError(f"`v` must be on the device of `qk` ({qk.device}), got {v.device}")
+    if mask is not None:
+        check_bool_mask(mask, "mask")
+        if tuple(mask.shape) != (qk.shape[0], qk.shape[2]):
+            raise ValueError(
+                f"`mask` must have shape (batch, n) = {(qk.shape[0], qk.shape[2])}, "
+                f"got {tuple(mask.shape)}"
+            )
+    _check_buckets(n_buckets)
+    check_int(n_hashes, "n_hashes")
+    check_int(chunk_length, "chunk_length")
+    if not isinstance(causal, bool):
+        raise TypeError(f"`causal` must be a bool, got {type(causal).__name__}")
+    check_probability(dropout, "dropout")
+    if scale is not None:
+        check_positive(scale, "scale")
+
+
+__all__ = [
+    "LSHAttention",
+    "lsh_allowed_mask",
+    "lsh_attention",
+    "lsh_buckets",
+    "random_rotations",
+]

@@ -1,0 +1,235 @@
+"""Relative multi-head attention of Transformer-XL (Dai et al. 2019), with segment memory.
+
+For a query at position ``i`` and a key at position ``j`` (distance ``t = i - j``) a head
+scores::
+
+    score_ij = ((q_i + u) . k_j  +  (q_i + v) . W_r R_t) / sqrt(d_head)
+
+where ``R_t`` is the sinusoidal encoding of the distance ``t``
+(:func:`sinusoidal_relative_encoding`), ``W_r`` a learned projection (``relative``) and
+``u``, ``v`` learned per-head biases (``r_w_bias``, ``r_r_bias``, the names of the
+original code and of Hugging Face). No absolute position enters the model, which is what
+lets keys and values of the previous segment (the *memory*) be reused as they are.
+
+The position term is computed for every query against the ``P`` distances once,
+``(q + v) @ (W_r R)^T`` of shape ``(..., n_q, P)``, and then moved into place by the
+relative shift (:func:`rel_shift`), a pad and a reshape instead of a gather.
+The sum is then :func:`~attnzoo.attention.functional.attend`'s additive ``bias``, so every
+normaliser, mask and the SDPA fast path apply unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .functional import attend
+from .multi_head import MultiHeadAttention
+from .normalizers import Normalizer
+from .validation import check_int, check_rank, check_size, check_tensor
+
+
+def sinusoidal_relative_encoding(
+    distances: Tensor, dim: int, base: float = 10000.0, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Sinusoidal encodings ``[sin(t f_k), cos(t f_k)]`` of the distances ``t``.
+
+    ``f_k = base ** (-2k / dim)``, sines in the first half of the features and cosines in
+    the second (Transformer-XL's layout).
+
+    Args:
+        distances: ``(P,)`` (any numeric dtype).
+        dim: encoding width, even.
+        dtype: of the result; default float32. Computed in float64.
+
+    Returns:
+        ``(P, dim)``.
+    """
+    check_tensor(distances, "distances")
+    check_int(dim, "dim")
+    if dim % 2:
+        raise ValueError(f"`dim` must be even (sine and cosine halves), got {dim}")
+    frequencies = base ** (
+        -torch.arange(0, dim, 2, dtype=torch.float64, device=distances.device) / dim
+    )
+    angles = distances.to(torch.float64)[:, None] * frequencies[None, :]
+    encoding = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return encoding.to(torch.float32 if dtype is None else dtype)
+
+
+def relative_distances(n_q: int, n_k: int, causal: bool, device: torch.device) -> Tensor:
+    """The distances :func:`rel_shift` expects, in its order: ``n_k - 1, n_k - 2, ..., d_min``.
+
+    The ``n_q`` queries are the last ``n_q`` of ``n_k`` positions (keys = memory + the
+    segment), so distances run from ``n_k - 1`` (last query to first key) down to 0
+    (``causal``) or to ``-(n_q - 1)`` (first query to last key).
+
+    Returns:
+        ``(P,)`` int64, ``P = n_k`` (causal) or ``n_k + n_q - 1``.
+    """
+    lowest = 0 if causal else -(n_q - 1)
+    return torch.arange(n_k - 1, lowest - 1, -1, device=device)
+
+
+def rel_shift(scores: Tensor, n_k: int) -> Tensor:
+    """Move per-distance scores into query/key layout: the relative shift.
+
+    ``scores[..., i, p]`` is query ``i``'s score against the distance ``d_p = n_k - 1 - p``
+    (the order of :func:`relative_distances`); query ``i`` (position ``i + n_k - n_q``) and
+    key ``j`` are at distance ``i + n_k - n_q - j``, i.e. column ``p = j + n_q - 1 - i``.
+    Each row is thus shifted left by ``n_q - 1 - i``: one zero column is padded on the
+    right, the rows are laid end to end, and reading them back with a row stride one
+    shorter does the shift (one copy for the pad, views after it).
+
+    Args:
+        scores: ``(..., n_q, P)`` with ``P >= n_k``. With ``P = n_k + n_q - 1`` every entry
+            of the result is defined; with ``P = n_k`` (distances >= 0 only) the entries
+            of keys after their query (``j > i + n_k - n_q``) are arbitrary finite values
+            that a causal mask must hide.
+        n_k: number of keys.
+
+    Returns:
+        ``(..., n_q, n_k)``: ``out[..., i, j] = scores[..., i, j + n_q - 1 - i]``.
+    """
+    check_tensor(scores, "scores")
+    if scores.dim() < 2:
+        raise ValueError(
+            f"`scores` must have at least 2 dimensions (..., n_q, P), got {scores.dim()}"
+        )
+    n_q, p = scores.shape[-2:]
+    if p < n_k:
+        raise ValueError(f"`scores` must have P >= n_k = {n_k} distance columns, got {p}")
+    padded = F.pad(scores, (0, 1)).flatten(-2)  # row i starts at i * (p + 1)
+    # Entry (i, j) of the result is padded[i, j + n_q - 1 - i] = flat[n_q - 1 + i * p + j].
+    window = padded[..., n_q - 1 : n_q - 1 + n_q * p]
+    return window.unflatten(-1, (n_q, p))[..., :n_k]
+
+
+class RelativeMultiHeadAttention(MultiHeadAttention):
+    """Transformer-XL's relative self-attention over a segment and its memory.
+
+    Args:
+        dim, heads, dim_head, normalizer, learn_alpha, dropout, bias, alpha: as for
+            :class:`~attnzoo.attention.multi_head.MultiHeadAttention`.
+        causal: query ``i`` sees keys up to its own position (a language model); False
+            lets it see the whole segment (and the memory).
+        base: frequency base of the sinusoidal distance encodings.
+
+    Parameters: ``query``, ``key``, ``value``, ``out`` as in ``MultiHeadAttention``;
+    ``relative`` (``dim -> heads * dim_head``, no bias: ``W_r``); ``r_w_bias`` (``u``) and
+    ``r_r_bias`` (``v``), ``(heads, dim_head)``, initialised N(0, 0.02) as in
+    Transformer-XL.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int | None = None,
+        normalizer: str | Normalizer = "softmax",
+        learn_alpha: bool = False,
+        causal: bool = True,
+        dropout: float = 0.0,
+        bias: bool = True,
+        alpha: float | None = None,
+        base: float = 10000.0,
+    ) -> None:
+        super().__init__(
+            dim,
+            heads,
+            dim_head,
+            normalizer=normalizer,
+            learn_alpha=learn_alpha,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            alpha=alpha,
+        )
+        if dim % 2:
+            raise ValueError(f"`dim` must be even (sinusoidal distance encodings), got {dim}")
+        self.base = base
+        inner = self.heads * self.dim_head
+        self.relative = nn.Linear(dim, inner, bias=False)
+        self.r_w_bias = nn.Parameter(torch.empty(heads, self.dim_head))
+        self.r_r_bias = nn.Parameter(torch.empty(heads, self.dim_head))
+        nn.init.xavier_uniform_(self.relative.weight)
+        nn.init.normal_(self.r_w_bias, std=0.02)
+        nn.init.normal_(self.r_r_bias, std=0.02)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from the segment ``x`` to the memory and the segment.
+
+        Args:
+            x: the segment ``(batch, n, dim)``.
+            memory: hidden states of the previous positions ``(batch, m, dim)`` (the
+                keys and values are computed from ``[memory; x]``); pass it detached to
+                stop gradients at the segment boundary, as Transformer-XL does.
+            mask: boolean over the ``n_k = m + n`` keys, True = may attend: a key-padding
+                mask ``(batch, n_k)`` or a rank-4 mask broadcastable to
+                ``(batch, heads, n, n_k)``; the causal mask is applied on top.
+            return_weights: also return the weights ``(batch, heads, n, n_k)``.
+
+        Returns:
+            ``(batch, n, dim)``, or ``(out, weights)``.
+        """
+        check_rank(x, 3, "x", "(batch, n, dim)")
+        check_size(x, -1, self.dim, "x", "dim")
+        keys_input = x
+        if memory is not None:
+            check_rank(memory, 3, "memory", "(batch, m, dim)")
+            check_size(memory, 0, x.shape[0], "memory", "the batch size of `x`")
+            check_size(memory, -1, self.dim, "memory", "dim")
+            if memory.dtype != x.dtype:
+                raise TypeError(
+                    f"`memory` must have the dtype of `x` ({x.dtype}), got {memory.dtype}"
+                )
+            keys_input = torch.cat([memory, x], dim=1)
+        q = self._split_heads(self.query(x))
+        k = self._split_heads(self.key(keys_input))
+        v = self._split_heads(self.value(keys_input))
+        n_q, n_k = q.shape[-2], k.shape[-2]
+
+        distances = relative_distances(n_q, n_k, self.causal, x.device)
+        encoding = sinusoidal_relative_encoding(distances, self.dim, self.base, dtype=x.dtype)
+        r = rearrange(self.relative(encoding), "p (h d) -> h p d", h=self.heads)
+        position = (q + self.r_r_bias[:, None]) @ r.transpose(-2, -1)  # (batch, heads, n, P)
+        scale = self.dim_head**-0.5
+        result = attend(
+            q + self.r_w_bias[:, None],
+            k,
+            v,
+            mask=self._attention_mask(mask, x.shape[0], n_k),
+            bias=rel_shift(position, n_k) * scale,
+            causal=self.causal,
+            normalizer=self.normalizer,
+            alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
+            dropout=self.dropout,
+            scale=scale,
+            return_weights=return_weights,
+            training=self.training,
+        )
+        out, weights = result if isinstance(result, tuple) else (result, None)
+        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
+        return (out, weights) if weights is not None else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
+            f"normalizer={self.normalizer!r}, causal={self.causal}, dropout={self.dropout}"
+        )
+
+
+__all__ = [
+    "RelativeMultiHeadAttention",
+    "rel_shift",
+    "relative_distances",
+    "sinusoidal_relative_encoding",
+]
