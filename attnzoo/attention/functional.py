@@ -6,9 +6,10 @@ The optional additive ``bias`` is how position schemes that act on the scores (A
 relative positions, a soft span) reach every normaliser through one code path.
 Softmax without returned weights goes through
 :func:`torch.nn.functional.scaled_dot_product_attention`, so it picks up the fused kernels
-(flash, memory-efficient, cuDNN) on GPU; every other normaliser, and softmax when the weights
-are wanted, materialises the ``(..., n_q, n_k)`` score matrix and goes through
-:func:`~attnzoo.attention.normalizers.masked_normalize`.
+(flash, memory-efficient, cuDNN) on GPU; sparsemax, 1.5-entmax and alpha-entmax without
+weights, dropout or bias go through :func:`~attnzoo.attention.blockwise.blockwise_attention`
+(query tiles, no ``(n_q, n_k)`` tensor); every other case materialises the score matrix and
+goes through :func:`~attnzoo.attention.normalizers.masked_normalize`.
 
 Masks are boolean with ``True`` = may attend; a ``-inf`` bias entry forbids its key too. A
 query row with no key it may attend to returns zeros (and passes zero gradient), never NaN.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .blockwise import BLOCKWISE_NORMALIZERS, blockwise_attention
 from .normalizers import Normalizer, masked_normalize
 from .validation import (
     check_bool_mask,
@@ -117,6 +119,19 @@ def attend(
         if bias is not None:
             return _sdpa_with_bias(q, k, v, mask, bias, causal, p_drop, scale)
         return _sdpa(q, k, v, mask, causal, p_drop, scale)
+
+    if (
+        isinstance(normalizer, str)
+        and normalizer in BLOCKWISE_NORMALIZERS
+        and not return_weights
+        and p_drop == 0.0
+        and bias is None
+    ):
+        # The sparse maps in query tiles: the same result without the (n_q, n_k) score
+        # matrix, whose allocation (not the arithmetic) dominates the dense path's time.
+        return blockwise_attention(
+            q, k, v, normalizer=normalizer, alpha=alpha, mask=mask, causal=causal, scale=scale
+        )
 
     weights = _weights(q, k, mask, bias, causal, normalizer, alpha, scale)
     dropped = F.dropout(weights, p_drop, training=p_drop > 0)
