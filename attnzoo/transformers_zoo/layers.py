@@ -21,7 +21,9 @@ What varies per layer:
   :class:`~attnzoo.attention.sliding_window.SlidingWindowAttention`, instead of dense;
 * ``memory={...}``: a product-key memory
   (:class:`~attnzoo.attention.product_key.ProductKeyMemory`, Lample et al. 2019) in place of
-  the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``.
+  the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``;
+* ``position="rotary" | "alibi"``: relative positions inside the self-attention
+  (:mod:`~attnzoo.attention.positional`; the embeddings then need no positions).
 
 Masks follow the library convention (boolean, True = real token / may attend): a
 key-padding ``mask`` ``(batch, n)`` (or, for dense attention, a rank-4 mask broadcastable
@@ -173,6 +175,8 @@ class EncoderLayer(_Block):
             ``i - before .. i + after``; None = dense.
         memory: keyword arguments of :class:`ProductKeyMemory` (besides ``dim``) to use a
             memory instead of the feed-forward network; None = feed-forward.
+        position: ``"rotary"`` or ``"alibi"`` inside the (dense) self-attention, see
+            :class:`~attnzoo.attention.multi_head.MultiHeadAttention`; None = none.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class EncoderLayer(_Block):
         memory: Mapping[str, Any] | None = None,
         activation_dropout: float | None = None,
         attention_output_dropout: float | None = None,
+        position: str | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -218,9 +223,15 @@ class EncoderLayer(_Block):
                 dropout=self.attention_dropout,
                 bias=bias,
                 alpha=alpha,
+                position=position,
             )
         else:
             before, after = check_window(window)
+            if position is not None:
+                raise ValueError(
+                    f"`position={position!r}` is not available with `window` (sliding-window "
+                    "attention takes no score bias)"
+                )
             if learn_alpha:
                 raise ValueError(
                     "`learn_alpha=True` is not available with `window` (sliding-window "
@@ -290,6 +301,8 @@ class DecoderLayer(_Block):
         context_dim: width of the encoder output; default ``dim``.
         cross_attention: include the cross-attention sub-layer (False gives a decoder-only
             layer, GPT-style, that takes no ``context``).
+        position: ``"rotary"`` or ``"alibi"`` inside the self-attention (the
+            cross-attention has no relative positions); None = none.
     """
 
     def __init__(
@@ -311,6 +324,7 @@ class DecoderLayer(_Block):
         cross_attention: bool = True,
         activation_dropout: float | None = None,
         attention_output_dropout: float | None = None,
+        position: str | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -333,7 +347,9 @@ class DecoderLayer(_Block):
             "bias": bias,
             "alpha": alpha,
         }
-        self.self_attention = MultiHeadAttention(dim, heads, causal=True, **options)
+        self.self_attention = MultiHeadAttention(
+            dim, heads, causal=True, position=position, **options
+        )
         self.self_attention_norm = self._norm()
         self.cross_attention: MultiHeadAttention | None = None
         self.cross_attention_norm: nn.LayerNorm | None = None

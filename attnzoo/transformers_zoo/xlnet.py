@@ -79,6 +79,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.normalizers import masked_normalize
+from ..attention.relative import sinusoidal_relative_encoding
 from ..attention.validation import check_probability, check_rank, check_tensor, check_token_ids
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .feed_forward import FeedForward
@@ -323,12 +324,10 @@ def relative_positions(n: int, d_model: int, clamp_len: int, device: torch.devic
     Returns:
         ``(2 n, d_model)`` float32.
     """
-    distance = torch.arange(n, -n, -1, device=device).float()
+    distance = torch.arange(n, -n, -1, device=device)
     if clamp_len > 0:
         distance = distance.clamp(-clamp_len, clamp_len)
-    frequencies = 1 / torch.pow(10000, torch.arange(0, d_model, 2, device=device).float() / d_model)
-    angles = distance[:, None] * frequencies
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    return sinusoidal_relative_encoding(distance, d_model)
 
 
 # --------------------------------------------------------------------------- layers

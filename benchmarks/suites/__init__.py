@@ -17,10 +17,13 @@ SUITES: tuple[str, ...] = (
     "mha",
     "entmax",
     "sliding_window",
+    "sparse_variants",
     "pkm",
     "additive",
     "bert",
     "gpt2_generate",
+    "compression",
+    "positional",
 )
 
 
