@@ -124,7 +124,9 @@ def check_token_ids(ids: object, size: int, name: str) -> Tensor:
     assert isinstance(ids, Tensor)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"`{name}` must be an integer tensor of ids, got dtype {ids.dtype}")
-    if ids.numel():
+    # Under torch.compile the range check would read values back to Python and split the
+    # graph; the dtype check above still runs, and eager calls keep the full check.
+    if ids.numel() and not torch.compiler.is_compiling():
         low, high = (int(v) for v in torch.aminmax(ids))
         if low < 0 or high >= size:
             bad = low if low < 0 else high

@@ -46,7 +46,7 @@ from ..attention.validation import check_rank, check_tensor, check_token_ids
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .embeddings import Embeddings
 from .feed_forward import activate
-from .stacks import StackConfig, TransformerEncoder
+from .stacks import StackConfig, TransformerEncoder, set_gradient_checkpointing
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -310,6 +310,12 @@ class BertPreTrainedModel(PretrainedMixin, nn.Module):
         defaults (unit-normal embeddings feeding a tied output layer) start pretraining far
         above the chance-level loss; checkpoints overwrite all of it."""
         init_hf_weights(self, self.config.initializer_range)
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every encoder layer in the backward pass instead of keeping its
+        activations (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`);
+        ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)  # type: ignore[arg-type]
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> BertConfig:

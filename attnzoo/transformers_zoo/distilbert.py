@@ -55,7 +55,7 @@ from .bert import masked_lm_loss
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .embeddings import Embeddings, sinusoidal_table
 from .feed_forward import activate
-from .stacks import StackConfig, StackOutput, TransformerEncoder
+from .stacks import StackConfig, StackOutput, TransformerEncoder, set_gradient_checkpointing
 
 LAYER_NORM_EPS = 1e-12
 """DistilBERT's LayerNorm epsilon (fixed in Hugging Face, not a config field)."""
@@ -166,6 +166,12 @@ class _DistilBertPretrained(PretrainedMixin):
             for hf, zoo in _LAYER_NAMES
         ),
     )
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every encoder layer in the backward pass instead of keeping its
+        activations (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`);
+        ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)  # type: ignore[arg-type]
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> DistilBertConfig:

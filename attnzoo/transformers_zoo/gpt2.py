@@ -57,7 +57,7 @@ from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, rena
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from .generation import GenerationOptions, generate_tokens
 from .layers import LayerCache
-from .stacks import StackConfig, TransformerDecoder
+from .stacks import StackConfig, TransformerDecoder, set_gradient_checkpointing
 
 # ---------------------------------------------------------------------------------------
 # Config
@@ -350,6 +350,12 @@ class GPT2Model(PretrainedMixin, nn.Module):
     hf_to_zoo_rules = gpt2_hf_to_zoo_rules("")
     zoo_to_hf_rules = _zoo_rules("")
 
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every decoder layer in the backward pass instead of keeping its
+        activations (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`);
+        ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)  # type: ignore[arg-type]
+
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         if not isinstance(config, GPT2Config):
@@ -481,6 +487,12 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
     config_class = GPT2Config
     hf_to_zoo_rules = gpt2_hf_to_zoo_rules("transformer.")
     zoo_to_hf_rules = _zoo_rules("transformer.")
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every decoder layer in the backward pass instead of keeping its
+        activations (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`);
+        ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)  # type: ignore[arg-type]
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()

@@ -26,9 +26,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..attention.entmax import MIN_ALPHA, EntmaxAlpha
 from ..attention.normalizers import available_normalizers
+from ..attention.positional import check_position
 from ..attention.product_key import QUERY_NORMS
 from ..attention.validation import check_int, check_probability, check_rank, check_size
 from .feed_forward import ACTIVATIONS
@@ -84,6 +86,8 @@ class LayerConfig:
             None = dense attention.
         memory: a :class:`MemoryConfig` to replace the feed-forward network by a product-key
             memory; None = feed-forward.
+        position: ``"rotary"`` (Su et al. 2021) or ``"alibi"`` (Press et al. 2022) inside
+            the self-attention, for every normaliser (dense attention only); None = none.
     """
 
     normalizer: str = "softmax"
@@ -91,8 +95,10 @@ class LayerConfig:
     learn_alpha: bool = False
     window: tuple[int, int] | None = None
     memory: MemoryConfig | None = None
+    position: str | None = None
 
     def __post_init__(self) -> None:
+        check_position(self.position)
         if self.normalizer not in available_normalizers():
             raise ValueError(
                 f"`normalizer` must be one of {available_normalizers()}, got {self.normalizer!r}"
@@ -114,6 +120,8 @@ class LayerConfig:
             self.window = check_window(self.window)
             if self.learn_alpha:
                 raise ValueError("`learn_alpha=True` is not available with `window`")
+            if self.position is not None:
+                raise ValueError(f"`position={self.position!r}` is not available with `window`")
         if self.memory is not None and not isinstance(self.memory, MemoryConfig):
             raise TypeError(
                 f"`memory` must be a MemoryConfig or None, got {type(self.memory).__name__}"
@@ -129,6 +137,8 @@ class LayerConfig:
         }
         if self.window is not None:
             kwargs["window"] = self.window
+        if self.position is not None:
+            kwargs["position"] = self.position
         return kwargs
 
 
@@ -254,6 +264,21 @@ class _Stack(nn.Module):
         self.config = config
         eps, bias = config.layer_norm_eps, config.bias
         self.norm = nn.LayerNorm(config.dim, eps=eps, bias=bias) if config.norm_first else None
+        # Set by `gradient_checkpointing_enable()` / `set_gradient_checkpointing`.
+        self.gradient_checkpointing = False
+
+    def _run_layer(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        # Recomputing a layer in backward trades compute for the activations it would keep;
+        # it only pays when a backward pass follows, and a KV cache is filled in place, so a
+        # second (recomputed) forward would append twice.
+        if (
+            self.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and kwargs.get("cache") is None
+        ):
+            return checkpoint(layer, *args, use_reentrant=False, **kwargs)
+        return layer(*args, **kwargs)
 
     def _check_input(self, x: Tensor) -> None:
         check_rank(x, 3, "x", "(batch, n, dim)")
@@ -312,10 +337,10 @@ class TransformerEncoder(_Stack):
         attentions: list[Tensor] | None = [] if output_attentions else None
         for layer in self.layers:
             if attentions is not None:
-                x, weights = layer(x, mask=mask, output_attentions=True)
+                x, weights = self._run_layer(layer, x, mask=mask, output_attentions=True)
                 attentions.append(weights)
             else:
-                x = layer(x, mask=mask)
+                x = self._run_layer(layer, x, mask=mask)
             if hidden is not None:
                 hidden.append(x)
         return self._finish(x, hidden, attentions)
@@ -385,7 +410,8 @@ class TransformerDecoder(_Stack):
         attentions: list[Tensor] | None = [] if output_attentions else None
         cross: list[Tensor] | None = [] if output_attentions else None
         for i, layer in enumerate(self.layers):
-            result = layer(
+            result = self._run_layer(
+                layer,
                 x,
                 context,
                 mask=mask,
@@ -403,6 +429,32 @@ class TransformerDecoder(_Stack):
             if hidden is not None:
                 hidden.append(x)
         return self._finish(x, hidden, attentions, cross or None)
+
+
+def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
+    """Switch activation checkpointing on (or off) in every encoder/decoder stack of ``module``.
+
+    With it on, a stack in training mode keeps only each layer's input and recomputes the
+    layer in the backward pass (``torch.utils.checkpoint``, non-reentrant, dropout masks
+    replayed), so the saved activations shrink from every layer's intermediates to one
+    ``(batch, n, dim)`` tensor per layer, at the price of a second forward. Evaluation, no-grad
+    calls and decoding with a KV cache are unaffected.
+
+    Returns:
+        how many :class:`TransformerEncoder`/:class:`TransformerDecoder` were switched.
+
+    Raises:
+        ValueError: ``module`` holds no such stack (its layers would not be checkpointed).
+    """
+    stacks = [sub for sub in module.modules() if isinstance(sub, _Stack)]
+    if not stacks:
+        raise ValueError(
+            f"`module` ({type(module).__name__}) has no TransformerEncoder/TransformerDecoder "
+            "stack, so gradient checkpointing cannot be switched on"
+        )
+    for stack in stacks:
+        stack.gradient_checkpointing = bool(enabled)
+    return len(stacks)
 
 
 def learned_alphas(module: nn.Module) -> dict[str, Tensor]:
@@ -428,4 +480,5 @@ __all__ = [
     "TransformerDecoder",
     "TransformerEncoder",
     "learned_alphas",
+    "set_gradient_checkpointing",
 ]
