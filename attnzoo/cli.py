@@ -67,6 +67,26 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "run_gpt2_pretraining_demo",
         "a tiny GPT-2 pretrained from scratch (BPE, causal LM): the loss falls",
     ),
+    "albert-pretraining": (
+        "objectives",
+        "run_albert_pretraining_demo",
+        "a tiny ALBERT pretrained from scratch (MLM + sentence order): both losses fall",
+    ),
+    "pmi-masking": (
+        "objectives",
+        "run_pmi_masking_demo",
+        "a tiny BERT pretrained with PMI-masked n-gram spans: the MLM loss falls",
+    ),
+    "xlm-tlm": (
+        "objectives",
+        "run_xlm_tlm_demo",
+        "XLM translation LM on generated parallel pairs: the translation helps prediction",
+    ),
+    "xlnet-pretraining": (
+        "objectives",
+        "run_xlnet_pretraining_demo",
+        "XLNet permutation LM from scratch: the target loss falls",
+    ),
     "bert2bert": (
         "encoder_decoder",
         "run_demo",
@@ -91,6 +111,36 @@ DEMOS: dict[str, tuple[str, str, str]] = {
         "analysis.syntax_experiment",
         "run_syntax_probe_demo",
         "heads of a tiny BERT trained on a grammar track its dependencies (vs random init)",
+    ),
+    "sbert": (
+        "sentence",
+        "run_sbert_demo",
+        "Sentence-BERT learns synonym paraphrases (MNRL); all-MiniLM-L6-v2 ranks paraphrases",
+    ),
+    "clip": (
+        "dual_encoder",
+        "run_clip_demo",
+        "CLIP-style dual encoders (CNN and ViT towers) retrieve captions of coloured shapes",
+    ),
+    "finetune": (
+        "recipes",
+        "run_finetune_demo",
+        "fine-tune tiny BERTs: sentiment, log-line features, entity tags, extractive QA",
+    ),
+    "tabert": (
+        "tabert",
+        "run_tabert_demo",
+        "TaBERT: masked column prediction, then column selection on generated table QA",
+    ),
+    "elmo": (
+        "elmo",
+        "run_elmo_demo",
+        "a character-CNN biLM (ELMo) on the grammar corpus: perplexity, mean-ELMo topics",
+    ),
+    "ulmfit": (
+        "ulmfit",
+        "run_ulmfit_demo",
+        "ULMFiT: AWD-LSTM LM pretraining, LM fine-tuning, then a gradually unfrozen classifier",
     ),
 }
 
