@@ -11,6 +11,10 @@
 * ``reversible`` vs ``plain``: one encoder stack run with the reversible backward and with
   plain autograd; same numbers, the peak-memory columns (CUDA) show what recomputation
   saves, the time what it costs.
+* ``universal`` vs a stack of the same depth: the Universal Transformer's one shared layer
+  applied ``T`` times (ACT off) against a ``T``-layer encoder stack, a cost comparison of
+  the recurrence with its coordinate embeddings; checked against a plain loop applying the
+  shared layer.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from attnzoo.attention.functional import attend
 from attnzoo.attention.lsh import lsh_allowed_mask, lsh_attention, lsh_buckets, random_rotations
 from attnzoo.attention.sparse_patterns import sparse_pattern_attention, sparse_pattern_mask
 from attnzoo.transformers_zoo.reversible import ReversibleEncoder
+from attnzoo.transformers_zoo.stacks import StackConfig, TransformerEncoder
+from attnzoo.transformers_zoo.universal import UniversalTransformerEncoder
 
 from ..harness import Case, Context, Setup, Suite
 
@@ -100,6 +106,32 @@ def _reversible_build(ctx: Context, batch: int, dim: int, heads: int, depth: int
     )
 
 
+def _universal_build(ctx: Context, batch: int, dim: int, heads: int, depth: int, n: int) -> Setup:
+    universal = ctx.module(
+        lambda: UniversalTransformerEncoder(dim, heads, depth, act=False, max_len=n, dropout=0.0)
+    )
+    stack = ctx.module(
+        lambda: TransformerEncoder(StackConfig(dim=dim, heads=heads, depth=depth, dropout=0.0))
+    )
+    x = ctx.randn(batch, n, dim, grad=True)
+
+    def reference() -> torch.Tensor:
+        # The recurrence written out: h_t = layer(h_{t-1} + P[positions] + P[t]).
+        state = x
+        for t in range(1, depth + 1):
+            state = universal.layer(state + universal.coordinate_embedding(n, t).to(x.dtype))
+        return cast(torch.Tensor, state)
+
+    return Setup(
+        ours=lambda: universal(x).last_hidden_state,
+        baseline=lambda: stack(x).last_hidden_state,
+        inputs=(x,),
+        reference=reference,
+        ours_params=tuple(universal.parameters()),
+        baseline_params=tuple(stack.parameters()),
+    )
+
+
 def cases(ctx: Context) -> list[Case]:
     batch, heads, d = ctx.pick(
         tiny=(1, 2, 8),
@@ -152,6 +184,16 @@ def cases(ctx: Context) -> list[Case]:
         )
         for n in stack_lengths
     ]
+    found += [
+        Case(
+            suite="sparse_variants",
+            name=f"universal ({depth} steps) vs a {depth}-layer stack",
+            n=n,
+            params={"batch": batch, "dim": dim, "heads": heads, "steps": depth},
+            build=partial(_universal_build, ctx, batch, dim, heads, depth, n),
+        )
+        for n in stack_lengths
+    ]
     return found
 
 
@@ -169,7 +211,9 @@ SUITE = Suite(
         "on the same queries and normalised keys; checked against dense attention over "
         "the hashed key set. Reversible rows: the same `ReversibleEncoder` with the "
         "recomputing backward and with plain autograd; on CUDA the peak-memory columns "
-        "show the activations the reversible stack does not keep."
+        "show the activations the reversible stack does not keep. Universal rows: one shared "
+        "layer applied T times (ACT off) against a T-layer stack (a cost comparison), "
+        "checked against the recurrence written out."
     ),
     cases=cases,
 )
