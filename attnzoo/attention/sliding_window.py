@@ -97,7 +97,9 @@ def sliding_window_attention(
         row ``i`` holds the weight of key ``i - before + j``, zero where that key is outside
         ``[0, n)``. See :func:`band_to_dense`.
     """
-    _check_inputs(q, k, v, before, after, mask, normalizer, alpha, scale, dropout)
+    check_local_attention_inputs(q, k, v, mask, normalizer, alpha, scale, dropout)
+    check_int(before, "before", minimum=0)
+    check_int(after, "after", minimum=0)
     batch, heads, n, d = q.shape
     p_drop = dropout if training else 0.0
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -367,19 +369,19 @@ def _alpha_for_blocks(alpha: float | Tensor) -> float | Tensor:
     return alpha.reshape((1,) * (4 - alpha.dim()) + tuple(alpha.shape)).unsqueeze(2)
 
 
-def _check_inputs(
+def check_local_attention_inputs(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    before: object,
-    after: object,
     mask: Tensor | None,
     normalizer: str | Normalizer,
     alpha: float | Tensor | None,
     scale: float | None,
     dropout: float,
 ) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad argument."""
+    """Raise ``ValueError``/``TypeError`` naming the first bad argument of a self-attention
+    kernel over ``(batch, heads, n, d)`` with a ``(batch, n)`` key-padding mask (the
+    sliding-window and sparse-pattern kernels)."""
     check_rank(q, 4, "q", "(batch, heads, n, d)")
     check_rank(k, 4, "k", "(batch, heads, n, d)")
     check_rank(v, 4, "v", "(batch, heads, n, d_v)")
@@ -400,8 +402,6 @@ def _check_inputs(
             raise TypeError(f"`{name}` must have the dtype of `q` ({q.dtype}), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"`{name}` must be on the device of `q` ({q.device}), got {x.device}")
-    check_int(before, "before", minimum=0)
-    check_int(after, "after", minimum=0)
     if mask is not None:
         check_bool_mask(mask, "mask")
         check_rank(mask, 2, "mask", "(batch, n) key-padding mask")

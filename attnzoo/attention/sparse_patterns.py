@@ -51,11 +51,10 @@ from torch.autograd.function import once_differentiable
 
 from .multi_head import resolve_dim_head, xavier_init_
 from .normalizers import Normalizer, get_normalizer, masked_normalize
+from .sliding_window import check_local_attention_inputs
 from .validation import (
     check_bool_mask,
-    check_broadcastable_to,
     check_int,
-    check_positive,
     check_probability,
     check_rank,
     check_size,
@@ -319,7 +318,7 @@ def sparse_pattern_attention(
         :func:`sparse_pattern_index` (zero on padding slots);
         :func:`pattern_weights_to_dense` expands them to ``(..., n, n)``.
     """
-    _check_inputs(q, k, v, mask, normalizer, alpha, scale, dropout)
+    check_local_attention_inputs(q, k, v, mask, normalizer, alpha, scale, dropout)
     _check_pattern(q.shape[2], pattern, stride, summary, causal, part)
     heads, n, d = q.shape[1:]
     if part == "split":
@@ -619,58 +618,6 @@ def _check_split_heads(heads: int | None) -> None:
         raise TypeError(f"`heads` must be an even int for part='split', got {heads!r}")
     if heads < 2 or heads % 2:
         raise ValueError(f"`heads` must be an even int >= 2 for part='split', got {heads}")
-
-
-def _check_inputs(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    normalizer: str | Normalizer,
-    alpha: float | Tensor | None,
-    scale: float | None,
-    dropout: float,
-) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad tensor argument."""
-    check_rank(q, 4, "q", "(batch, heads, n, d)")
-    check_rank(k, 4, "k", "(batch, heads, n, d)")
-    check_rank(v, 4, "v", "(batch, heads, n, d_v)")
-    if k.shape != q.shape:
-        raise ValueError(
-            f"`k` must have the shape of `q` {tuple(q.shape)} (batch, heads, n, d), "
-            f"got {tuple(k.shape)}"
-        )
-    if v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"`v` must have the (batch, heads, n) of `q` {tuple(q.shape[:3])}, "
-            f"got shape {tuple(v.shape)}"
-        )
-    if not q.is_floating_point():
-        raise TypeError(f"`q` must be a floating-point tensor, got dtype {q.dtype}")
-    for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise TypeError(f"`{name}` must have the dtype of `q` ({q.dtype}), got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"`{name}` must be on the device of `q` ({q.device}), got {x.device}")
-    if mask is not None:
-        check_bool_mask(mask, "mask")
-        check_rank(mask, 2, "mask", "(batch, n) key-padding mask")
-        if tuple(mask.shape) != (q.shape[0], q.shape[2]):
-            raise ValueError(
-                f"`mask` must have shape (batch, n) = {(q.shape[0], q.shape[2])}, "
-                f"got {tuple(mask.shape)}"
-            )
-        if mask.device != q.device:
-            raise ValueError(f"`mask` must be on the device of `q` ({q.device}), got {mask.device}")
-    if alpha is not None:
-        if normalizer != "entmax":
-            raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
-        if isinstance(alpha, Tensor):
-            per_head = (q.shape[0], q.shape[1], 1, 1)
-            check_broadcastable_to(alpha, per_head, "alpha", "(batch, heads, 1, 1) =")
-    check_probability(dropout, "dropout")
-    if scale is not None:
-        check_positive(scale, "scale")
 
 
 __all__ = [
