@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,9 @@ from .distributed import (
     wrap_model,
 )
 from .train_state import load_checkpoint, save_checkpoint
+
+# Whatever one step's batch is: `fit` hands each batch to `loss_fn` untouched.
+Batch = TypeVar("Batch")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -120,8 +124,8 @@ def _check_dense_gradients(model: nn.Module) -> None:
 
 def fit(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, object], Tensor],
-    batches: Iterator[object] | Callable[[int], object],
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    batches: Iterator[Batch] | Callable[[int], Batch],
     config: TrainConfig | None = None,
     *,
     resume_from: str | Path | None = None,
