@@ -22,7 +22,8 @@ features (raw inputs or a zoo encoder's embeddings) and any object with ``fit`` 
 * Defences (:mod:`~attnzoo.robustness.sanitize`): kNN label sanitisation, the
   confident-learning filter.
 * Experiments (:mod:`~attnzoo.robustness.experiments`): accuracy and ECE against the flip
-  rate for every attack x defence, as a table and a PNG.
+  rate for every attack x defence, as a table and a PNG; label smoothing against
+  distillation (Müller et al. 2019) on Gaussian classes grouped into super-classes.
 """
 
 from .attacks import FlipAttackResult, alfa_attack, greedy_flip_attack, random_flip_attack
@@ -39,8 +40,14 @@ from .calibration import (
     reliability_diagram,
 )
 from .classifiers import Classifier, MLPClassifier, cross_val_predict_proba, stratified_folds
-from .datasets import make_blobs, make_moons, train_test_split
-from .experiments import FlipExperimentResult, run_flip_experiment
+from .datasets import make_blobs, make_hierarchical_blobs, make_moons, train_test_split
+from .experiments import (
+    FlipExperimentResult,
+    SmoothingDistillationResult,
+    class_similarity_gap,
+    run_flip_experiment,
+    run_smoothing_distillation_experiment,
+)
 from .noise import (
     LabelFlipping,
     NoisyLabels,
@@ -91,6 +98,7 @@ __all__ = [
     "NoisyLabels",
     "PlattScaling",
     "SanitizedLabels",
+    "SmoothingDistillationResult",
     "TemperatureScaling",
     "alfa_attack",
     "apply_noise_matrix",
@@ -98,6 +106,7 @@ __all__ = [
     "calibration_bins",
     "calibration_report",
     "check_noise_matrix",
+    "class_similarity_gap",
     "confident_joint",
     "confident_labels",
     "confident_learning_filter",
@@ -109,6 +118,7 @@ __all__ = [
     "knn_sanitize",
     "linear_kernel",
     "make_blobs",
+    "make_hierarchical_blobs",
     "make_moons",
     "maximum_calibration_error",
     "nearest_neighbours",
@@ -124,6 +134,7 @@ __all__ = [
     "rbf_kernel",
     "reliability_diagram",
     "run_flip_experiment",
+    "run_smoothing_distillation_experiment",
     "smooth_binary_targets",
     "smooth_labels",
     "smoothed_binary_cross_entropy_with_logits",

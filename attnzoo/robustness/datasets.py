@@ -119,4 +119,60 @@ def train_test_split(
     return x[train], labels[train], x[test], labels[test]
 
 
-__all__ = ["make_blobs", "make_moons", "train_test_split"]
+def make_hierarchical_blobs(
+    n_samples: int,
+    num_groups: int = 5,
+    classes_per_group: int = 2,
+    dim: int = 10,
+    *,
+    group_radius: float = 6.0,
+    class_radius: float = 1.5,
+    std: float = 1.0,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gaussian classes grouped into super-classes: data whose classes resemble each other.
+
+    Every super-class centre lies in a random direction at ``group_radius`` from the origin,
+    every class centre in a random direction at ``class_radius`` from its super-class centre,
+    and every point at its class centre plus ``std`` Gaussian noise per coordinate. With the
+    defaults the classes of one group overlap (centres about ``class_radius * sqrt(2)``
+    apart) and groups hardly do, so a classifier that has learnt the data scores a class's
+    group mates above the other classes: the "dark knowledge" a teacher can pass on.
+
+    Args:
+        n_samples: points in all.
+        num_groups: super-classes (>= 2).
+        classes_per_group: classes per super-class (>= 2); ``K = num_groups *
+            classes_per_group`` classes in all.
+        dim: feature dimension.
+        group_radius, class_radius, std: the distances above (> 0).
+        seed: the draw is a function of the seed.
+
+    Returns:
+        ``x`` float32 ``(n, dim)``, ``labels`` long ``(n,)`` (classes take turns, shuffled,
+        so their sizes differ by at most one) and ``groups`` long ``(K,)``, the super-class
+        of every class (class ``c`` is in group ``c // classes_per_group``).
+    """
+    check_int(n_samples, "n_samples")
+    check_int(num_groups, "num_groups", minimum=2)
+    check_int(classes_per_group, "classes_per_group", minimum=2)
+    check_int(dim, "dim")
+    for value, name in ((group_radius, "group_radius"), (class_radius, "class_radius")):
+        check_positive(value, name)
+    check_positive(std, "std")
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = num_groups * classes_per_group
+
+    def directions(count: int) -> Tensor:
+        vectors = torch.randn(count, dim, generator=generator)
+        return vectors / vectors.norm(dim=1, keepdim=True)
+
+    groups = torch.arange(num_classes) // classes_per_group
+    centres = group_radius * directions(num_groups)[groups] + class_radius * directions(num_classes)
+    labels = torch.arange(n_samples) % num_classes
+    labels = labels[torch.randperm(n_samples, generator=generator)]
+    x = centres[labels] + std * torch.randn(n_samples, dim, generator=generator)
+    return x, labels, groups
+
+
+__all__ = ["make_blobs", "make_hierarchical_blobs", "make_moons", "train_test_split"]
