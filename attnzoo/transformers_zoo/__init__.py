@@ -129,6 +129,7 @@ from .stacks import (
     StackOutput,
     TransformerDecoder,
     TransformerEncoder,
+    run_layer,
     set_gradient_checkpointing,
 )
 from .tabert import TaBERTColumnSelector, TaBERTConfig, TaBERTForPreTraining, TaBERTModel
@@ -278,6 +279,7 @@ __all__ = [
     "rank_and_world_size",
     "read_hf_directory",
     "reorder_state",
+    "run_layer",
     "save_checkpoint",
     "semantic_search",
     "set_gradient_checkpointing",

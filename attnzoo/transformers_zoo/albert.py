@@ -71,6 +71,7 @@ from .embeddings import Embeddings
 from .embeddings import position_ids as default_position_ids
 from .feed_forward import activate
 from .layers import EncoderLayer
+from .stacks import run_layer, set_gradient_checkpointing
 
 
 def embed(
@@ -374,6 +375,14 @@ class AlbertModel(_AlbertPretrained, nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size) if add_pooling_layer else None
         )
         init_hf_weights(self, config.initializer_range)
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every layer in the backward pass instead of keeping its activations (a
+        shared layer once per use), by the encoder stacks' rule
+        (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`): only in
+        training mode with gradients on. ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)
 
     def group_of_layer(self, index: int) -> int:
         """Which of ``layer_groups`` computes layer ``index`` (Hugging Face's formula)."""
@@ -408,10 +417,10 @@ class AlbertModel(_AlbertPretrained, nn.Module):
         for i in range(self.config.num_hidden_layers):
             layer = self.layer_groups[self.group_of_layer(i)]  # shared across layers
             if attentions is not None:
-                x, weights = layer(x, mask=mask, output_attentions=True)
+                x, weights = run_layer(self, layer, x, mask=mask, output_attentions=True)
                 attentions.append(weights)
             else:
-                x = layer(x, mask=mask)
+                x = run_layer(self, layer, x, mask=mask)
             if hidden is not None:
                 hidden.append(x)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
@@ -484,6 +493,10 @@ class AlbertForPreTraining(_AlbertPretrained, nn.Module):
         init_hf_weights(self.predictions, config.initializer_range)
         init_hf_weights(self.sop_classifier, config.initializer_range)
         nn.init.zeros_(self.predictions.bias)
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Checkpoint the encoder's layers (:meth:`AlbertModel.gradient_checkpointing_enable`)."""
+        self.albert.gradient_checkpointing_enable(enabled)
 
     def forward(
         self,

@@ -268,17 +268,7 @@ class _Stack(nn.Module):
         self.gradient_checkpointing = False
 
     def _run_layer(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        # Recomputing a layer in backward trades compute for the activations it would keep;
-        # it only pays when a backward pass follows, and a KV cache is filled in place, so a
-        # second (recomputed) forward would append twice.
-        if (
-            self.gradient_checkpointing
-            and self.training
-            and torch.is_grad_enabled()
-            and kwargs.get("cache") is None
-        ):
-            return checkpoint(layer, *args, use_reentrant=False, **kwargs)
-        return layer(*args, **kwargs)
+        return run_layer(self, layer, *args, **kwargs)
 
     def _check_input(self, x: Tensor) -> None:
         check_rank(x, 3, "x", "(batch, n, dim)")
@@ -431,6 +421,26 @@ class TransformerDecoder(_Stack):
         return self._finish(x, hidden, attentions, cross or None)
 
 
+def run_layer(owner: nn.Module, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``layer(*args, **kwargs)``, recomputed in backward when ``owner`` checkpoints.
+
+    The one rule of every model's layer loop: ``owner`` (a stack, or a model with its own
+    loop) recomputes ``layer`` when its ``gradient_checkpointing`` flag is on, it is in
+    training mode, gradients are on and no ``cache`` keyword is given.
+    """
+    # Recomputing a layer in backward trades compute for the activations it would keep;
+    # it only pays when a backward pass follows, and a KV cache is filled in place, so a
+    # second (recomputed) forward would append twice.
+    if (
+        getattr(owner, "gradient_checkpointing", False)
+        and owner.training
+        and torch.is_grad_enabled()
+        and kwargs.get("cache") is None
+    ):
+        return checkpoint(layer, *args, use_reentrant=False, **kwargs)
+    return layer(*args, **kwargs)
+
+
 def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     """Switch activation checkpointing on (or off) in every encoder/decoder stack of ``module``.
 
@@ -440,13 +450,21 @@ def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     ``(batch, n, dim)`` tensor per layer, at the price of a second forward. Evaluation, no-grad
     calls and decoding with a KV cache are unaffected.
 
+    Besides the stacks, the models that loop over their own layers through
+    :func:`run_layer` (ALBERT's shared groups, XLM, XLNet's two streams) carry the same
+    ``gradient_checkpointing`` flag and are switched too.
+
     Returns:
-        how many :class:`TransformerEncoder`/:class:`TransformerDecoder` were switched.
+        how many stacks (or models with their own layer loop) were switched.
 
     Raises:
         ValueError: ``module`` holds no such stack (its layers would not be checkpointed).
     """
-    stacks = [sub for sub in module.modules() if isinstance(sub, _Stack)]
+    stacks = [
+        sub
+        for sub in module.modules()
+        if isinstance(getattr(sub, "gradient_checkpointing", None), bool)
+    ]
     if not stacks:
         raise ValueError(
             f"`module` ({type(module).__name__}) has no TransformerEncoder/TransformerDecoder "

@@ -64,6 +64,7 @@ from ..attention.validation import check_probability, check_rank, check_tensor, 
 from .checkpoints import PretrainedMixin, hf_attention_mask
 from .embeddings import Embeddings, sinusoidal_table
 from .layers import EncoderLayer
+from .stacks import run_layer, set_gradient_checkpointing
 
 IGNORE_INDEX = -100
 """Label value the LM loss skips (as ``torch.nn.functional.cross_entropy``)."""
@@ -371,6 +372,14 @@ class XLMModel(PretrainedMixin, nn.Module):
             for _ in range(config.n_layers)
         )
         self.reset_parameters()
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every layer in the backward pass instead of keeping its activations, by
+        the encoder stacks' rule
+        (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`): only in
+        training mode with gradients on. ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)
 
     def reset_parameters(self) -> None:
         """XLM's initialisation: normal embeddings (padding row zero), normal linear
@@ -447,10 +456,10 @@ class XLMModel(PretrainedMixin, nn.Module):
         attentions: list[Tensor] | None = [] if output_attentions else None
         for layer in self.layers:
             if attentions is not None:
-                x, weights = layer(x, mask=attend_mask, output_attentions=True)
+                x, weights = run_layer(self, layer, x, mask=attend_mask, output_attentions=True)
                 attentions.append(weights)
             else:
-                x = layer(x, mask=attend_mask)
+                x = run_layer(self, layer, x, mask=attend_mask)
             x = x * keep.to(x.dtype)  # padded positions restart every layer from zero
             if hidden is not None:
                 hidden.append(x)
@@ -545,6 +554,10 @@ class XLMWithLMHeadModel(PretrainedMixin, nn.Module):
         nn.init.zeros_(self.pred_layer.bias)
         if config.tie_word_embeddings:
             self.pred_layer.weight = self.transformer.embeddings.word_embeddings.weight
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Checkpoint the encoder's layers (:meth:`XLMModel.gradient_checkpointing_enable`)."""
+        self.transformer.gradient_checkpointing_enable(enabled)
 
     def forward(
         self,

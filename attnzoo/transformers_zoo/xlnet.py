@@ -83,6 +83,7 @@ from ..attention.relative import sinusoidal_relative_encoding
 from ..attention.validation import check_probability, check_rank, check_tensor, check_token_ids
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .feed_forward import FeedForward
+from .stacks import run_layer, set_gradient_checkpointing
 
 IGNORE_INDEX = -100
 """Label value the LM loss skips (as ``torch.nn.functional.cross_entropy``)."""
@@ -520,6 +521,14 @@ class XLNetModel(XLNetPreTrainedModel):
         self.layer = nn.ModuleList(XLNetLayer(config) for _ in range(config.n_layer))
         self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
+        self.gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Recompute every layer (both streams) in the backward pass instead of keeping its
+        activations, by the encoder stacks' rule
+        (:func:`~attnzoo.transformers_zoo.stacks.set_gradient_checkpointing`): only in
+        training mode with gradients on. ``enabled=False`` switches it back off."""
+        set_gradient_checkpointing(self, enabled)
 
     def reset_parameters(self) -> None:
         """Hugging Face's initialisation: normal(0, ``initializer_range``) for every weight,
@@ -614,8 +623,16 @@ class XLNetModel(XLNetPreTrainedModel):
         for layer in self.layer:
             if hidden is not None:
                 hidden.extend([h] if g is None else [h, g])
-            h, g, weights_h, weights_g = layer(
-                h, g, mask_h, mask_g, positions, other_segment, target_mapping
+            h, g, weights_h, weights_g = run_layer(
+                self,
+                layer,
+                h,
+                g,
+                mask_h,
+                mask_g,
+                positions,
+                other_segment,
+                target_mapping,
             )
             if attentions is not None:
                 attentions.append(weights_h if g is None else (weights_h, weights_g))
@@ -660,6 +677,10 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
         nn.init.zeros_(self.lm_loss.bias)
         if config.tie_word_embeddings:
             self.lm_loss.weight = self.transformer.word_embedding.weight
+
+    def gradient_checkpointing_enable(self, enabled: bool = True) -> None:
+        """Checkpoint the encoder's layers (:meth:`XLNetModel.gradient_checkpointing_enable`)."""
+        self.transformer.gradient_checkpointing_enable(enabled)
 
     def forward(
         self,
