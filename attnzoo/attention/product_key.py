@@ -12,18 +12,27 @@ at the cost of a small feed-forward layer.
 The behaviour follows the reference implementation released with the paper (the XLM
 repository): a linear query network followed by batch normalisation of the queries, one
 pair of sub-key sets per head, a softmax over each head's final top-k scores, and the
-heads summed into one output through a single shared value table read with
-``nn.EmbeddingBag(mode="sum")``.
+heads summed into one output through a single shared value table (an
+``nn.EmbeddingBag(mode="sum")`` holding the parameter).
+
+Two things keep a read cheap on a CPU. The search sums only the pairs of the two sorted
+per-half top-k lists that can win, about ``topk * ln(topk)`` of the ``topk ** 2``
+(:func:`candidate_pairs`). The value read's backward (:class:`WeightedRowSum`) sorts the
+reads by slot once, then writes each row of the value gradient once and reads the value
+rows in order, instead of scattering into and gathering from the large table at random.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .normalizers import Normalizer, get_normalizer
 from .validation import (
@@ -36,6 +45,125 @@ from .validation import (
 )
 
 QUERY_NORMS = ("batchnorm", "layernorm", None)
+
+# Value reads that take the slot-sorted backward of ``WeightedRowSum``: on a CPU, in the
+# dtypes of PyTorch's CPU sampled dense-dense product. Others (CUDA, where EmbeddingBag's
+# own backward is parallel, half precision, an empty batch) keep ``nn.EmbeddingBag``.
+SORTED_BACKWARD_DTYPES = (torch.float32, torch.float64)
+
+
+def candidate_pairs(topk: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Positions ``(a, b)`` in two sorted top-k lists whose sum can be among the best ``topk``.
+
+    With both lists sorted in decreasing order, the pair ``(a, b)`` is beaten or tied by
+    every ``(a', b')`` with ``a' <= a`` and ``b' <= b``: ``(a + 1) * (b + 1) - 1`` pairs. It
+    can only be among the best ``topk`` sums when ``(a + 1) * (b + 1) <= topk`` (beyond
+    that, only by a tie with sums already in). That leaves ``sum_a floor(topk / (a + 1))``
+    pairs, about ``topk * ln(topk)`` (119 for ``topk = 32``) instead of ``topk ** 2``.
+
+    Returns:
+        ``first`` and ``second``, int64 ``(pairs,)``: the position in each list.
+    """
+    check_int(topk, "topk")
+    first = torch.cat([torch.full((topk // (a + 1),), a) for a in range(topk)])
+    second = torch.cat([torch.arange(topk // (a + 1)) for a in range(topk)])
+    return first.to(device), second.to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_candidate_pairs(topk: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`candidate_pairs`, built once per ``(topk, device)``; never written to.
+
+    A cache rather than module buffers, so that ``to_empty`` or a meta-device build
+    cannot leave a memory with uninitialised pair positions.
+    """
+    return candidate_pairs(topk, device)
+
+
+class WeightedRowSum(torch.autograd.Function):
+    """``out[t] = sum_j weights[t, j] * table[indices[t, j]]`` with a slot-sorted backward.
+
+    The forward is ``F.embedding_bag(indices, table, per_sample_weights=weights,
+    mode="sum")``. The backward sorts the reads by slot once. Then the table's gradient,
+    ``A^T @ grad_out`` for the ``(tokens, slots)`` matrix ``A`` of read weights, is again a
+    weighted bag sum: one bag per slot, summing rows of the small ``grad_out``, so every
+    gradient row is written once (no zero fill and scattered accumulation into the large
+    table). The weights' gradient ``table[indices[t, j]] . grad_out[t]`` is a sampled
+    dense-dense product of ``table`` and ``grad_out`` over the pattern of ``A^T``, which
+    reads the table's rows in order instead of gathering them at random.
+
+    Forward arguments: ``table`` ``(slots, dim)`` float32/float64, ``indices`` int64
+    ``(tokens, reads)`` all in ``[0, slots)``, ``weights`` ``(tokens, reads)`` in the
+    table's dtype, ``sparse_grad`` (the table's gradient as a coalesced sparse COO tensor
+    over the slots read). Returns ``(tokens, dim)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, table: Tensor, indices: Tensor, weights: Tensor, sparse_grad: bool
+    ) -> Tensor:
+        ctx.save_for_backward(table, indices, weights)
+        ctx.sparse_grad = sparse_grad
+        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+        table, indices, weights = ctx.saved_tensors
+        tokens, reads = indices.shape
+        slots = table.shape[0]
+        grad_out = grad_out.contiguous()
+        # Reads sorted by (slot, token): slot-major, tokens ascending within a slot.
+        token = torch.arange(tokens, device=indices.device).repeat_interleave(reads)
+        keys, order = (indices.reshape(-1) * tokens + token).sort()
+        slot = torch.div(keys, tokens, rounding_mode="floor")
+        counts = torch.bincount(slot, minlength=slots)
+
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            # One bag per slot (per slot read, for a sparse gradient) over grad_out's rows.
+            read = counts.nonzero().flatten() if ctx.sparse_grad else None
+            bag_sizes = counts if read is None else counts[read]
+            offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
+            rows = F.embedding_bag(
+                keys % tokens,  # the tokens, in slot order
+                grad_out,
+                offsets,
+                mode="sum",
+                per_sample_weights=weights.reshape(-1)[order],
+            )
+            if read is None:
+                grad_table = rows
+            else:
+                grad_table = torch.sparse_coo_tensor(
+                    read[None], rows, table.shape, is_coalesced=True, check_invariants=False
+                )
+        if ctx.needs_input_grad[2]:
+            # A token reading a slot from several heads is one entry of A^T: merge them.
+            pairs, inverse = torch.unique_consecutive(keys, return_inverse=True)
+            pair_slot = torch.div(pairs, tokens, rounding_mode="floor")
+            row_starts = counts.new_zeros(slots + 1)
+            torch.cumsum(torch.bincount(pair_slot, minlength=slots), 0, out=row_starts[1:])
+            entries = table.new_zeros(pairs.numel())  # beta = 0: only the pattern counts
+            pattern = _csr(row_starts, pairs % tokens, entries, (slots, tokens))
+            # (table @ grad_out^T) at the pattern's entries only: one dot product per pair.
+            dots = torch.sparse.sampled_addmm(pattern, table, grad_out.t(), beta=0.0).values()
+            grad_weights = torch.empty_like(weights).reshape(-1)
+            grad_weights[order] = dots[inverse]
+            grad_weights = grad_weights.view(tokens, reads)
+        return grad_table, None, grad_weights, None
+
+
+def _csr(row_starts: Tensor, columns: Tensor, entries: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix of ``shape`` from components that are valid by construction.
+
+    ``row_starts`` ``(rows + 1,)``; ``columns`` sorted and distinct within each row. The
+    invariant check (a pass over every index) is skipped, and PyTorch's one-time warning
+    that sparse CSR support is in beta is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(row_starts, columns, entries, shape, check_invariants=False)
 
 
 class ProductKeyMemory(nn.Module):
@@ -232,11 +360,9 @@ class ProductKeyMemory(nn.Module):
         weights = self.normalize(scores, dim=-1)
         # All heads index the one value table; summing their reads is a single bag of
         # heads * topk weighted rows per token.
-        output = self.values(
+        output = self.read_values(
             indices.reshape(n, self.heads * self.topk),
-            per_sample_weights=weights.reshape(n, self.heads * self.topk).to(
-                self.values.weight.dtype
-            ),
+            weights.reshape(n, self.heads * self.topk).to(self.values.weight.dtype),
         ).to(query.dtype)
         output = F.dropout(output, p=self.value_dropout, training=self.training)
         return output, indices, weights
@@ -262,14 +388,43 @@ class ProductKeyMemory(nn.Module):
             query = self.query_norm(query)
         return F.dropout(query, p=self.query_dropout, training=self.training)
 
+    def read_values(self, indices: Tensor, weights: Tensor) -> Tensor:
+        """Weighted sum of value rows: ``out[t] = sum_j weights[t, j] * values[indices[t, j]]``.
+
+        On a CPU in float32/float64 this is :class:`WeightedRowSum` (``EmbeddingBag``'s
+        forward, a slot-sorted backward); elsewhere ``nn.EmbeddingBag`` itself. Both
+        honour ``values.sparse``.
+
+        Args:
+            indices: ``(n, reads)`` int64 slots, all in ``[0, n_keys ** 2)``.
+            weights: ``(n, reads)`` in the value table's dtype.
+
+        Returns:
+            ``(n, v_dim)``.
+        """
+        table = self.values.weight
+        if (
+            table.device.type == "cpu"
+            and table.dtype in SORTED_BACKWARD_DTYPES
+            and weights.dtype == table.dtype
+            and indices.numel() > 0
+        ):
+            return WeightedRowSum.apply(
+                table, indices.contiguous(), weights.contiguous(), self.values.sparse
+            )
+        return self.values(indices, per_sample_weights=weights)
+
     def search(self, query: Tensor) -> tuple[Tensor, Tensor]:
         """Exact top-k over the ``n_keys ** 2`` product keys of each head.
 
         The score of product key ``(i, j)`` is ``s1[i] + s2[j]``. If ``(i, j)`` is among
         the best ``topk`` pairs then ``i`` is among the best ``topk`` of ``s1`` (otherwise
         ``topk`` better ``i'`` would each give a better pair ``(i', j)``), and likewise
-        for ``j``; so the ``topk * topk`` candidate sums contain the exact answer.
-        Scores stay differentiable with respect to the query and the sub-keys.
+        for ``j``; of the ``topk * topk`` sums of the two sorted lists, only the
+        :func:`candidate_pairs` can win. The search itself runs without autograd; the
+        scores of the winners are then gathered from the sub-key scores, so they stay
+        differentiable with respect to the query and the sub-keys. Exact up to the slot
+        chosen among exactly tied scores.
 
         Args:
             query: ``(n, heads, k_dim)``.
@@ -279,15 +434,31 @@ class ProductKeyMemory(nn.Module):
             ``(n, heads, topk)``: slots ``i * n_keys + j`` into ``values``.
         """
         n = query.shape[0]
-        k = self.topk
-        halves = query.view(n, self.heads, 2, self.k_dim // 2)
-        sub_scores = torch.einsum("nhsd,hskd->nhsk", halves, self.keys.to(query.dtype))
-        best, best_idx = sub_scores.topk(k, dim=-1)  # (n, heads, 2, k)
-        pair_scores = best[:, :, 0, :, None] + best[:, :, 1, None, :]  # (n, heads, k, k)
-        scores, flat = pair_scores.flatten(-2).topk(k, dim=-1)  # (n, heads, k)
-        i1 = best_idx[:, :, 0].gather(-1, flat // k)
-        i2 = best_idx[:, :, 1].gather(-1, flat % k)
-        return scores, i1 * self.n_keys + i2
+        k, n_keys, heads = self.topk, self.n_keys, self.heads
+        # Each head's two halves are two batches of one matrix product: (2 heads, n, n_keys).
+        halves = query.reshape(n, 2 * heads, self.k_dim // 2).transpose(0, 1)
+        keys = self.keys.to(query.dtype).view(2 * heads, n_keys, self.k_dim // 2)
+        sub_scores = torch.bmm(halves, keys.transpose(1, 2))
+        with torch.no_grad():
+            best, best_idx = sub_scores.topk(k, dim=-1)  # (2 heads, n, k), sorted
+            best = best.view(heads, 2, n, k)
+            first, second = _shared_candidate_pairs(k, query.device)
+            candidates = best[:, 0].index_select(-1, first)
+            candidates += best[:, 1].index_select(-1, second)
+            top, pick = candidates.topk(k, dim=-1)  # (heads, n, k), best first
+            best_idx = best_idx.view(heads, 2, n, k)
+            i1 = best_idx[:, 0].gather(-1, first[pick])
+            i2 = best_idx[:, 1].gather(-1, second[pick])
+        slots = (i1 * n_keys + i2).transpose(0, 1).contiguous()
+        if not sub_scores.requires_grad:  # no autograd graph is being recorded
+            return top.transpose(0, 1).contiguous(), slots
+        # The same sums, from the winners' two sub-scores in each head's (2, n, n_keys)
+        # block of sub_scores, so that autograd reaches the query and the sub-keys.
+        token = torch.arange(n, device=query.device)[:, None] * n_keys
+        where = torch.cat([token + i1, token + i2 + n * n_keys], dim=-1)
+        both = sub_scores.view(heads, 2 * n * n_keys).gather(-1, where.view(heads, -1))
+        both = both.view(heads, n, 2, k)
+        return (both[:, :, 0] + both[:, :, 1]).transpose(0, 1).contiguous(), slots
 
 
 class MemoryUsage(NamedTuple):
@@ -348,4 +519,10 @@ def memory_usage(indices: Tensor, weights: Tensor, n_keys: int) -> MemoryUsage:
     return MemoryUsage(fraction_used=float(used.double().mean()), kl_uniform=kl)
 
 
-__all__ = ["MemoryUsage", "ProductKeyMemory", "memory_usage"]
+__all__ = [
+    "MemoryUsage",
+    "ProductKeyMemory",
+    "WeightedRowSum",
+    "candidate_pairs",
+    "memory_usage",
+]

@@ -7,11 +7,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from attnzoo.attention.product_key import MemoryUsage, ProductKeyMemory, memory_usage
+from attnzoo.attention.product_key import (
+    MemoryUsage,
+    ProductKeyMemory,
+    WeightedRowSum,
+    candidate_pairs,
+    memory_usage,
+)
 
 
 def tiny(**overrides) -> ProductKeyMemory:
@@ -351,6 +358,128 @@ def test_bad_inputs_name_the_argument():
         memory(torch.randn(2, 3, 8), torch.ones(2, 3))
     with pytest.raises(ValueError, match="`mask`"):
         memory(torch.randn(2, 3, 8), torch.ones(2, 4, dtype=torch.bool))
+
+
+# ----------------------------------------------------- candidate pairs and the read
+
+
+@pytest.mark.parametrize("topk", [1, 2, 5, 32])
+def test_candidate_pairs_are_the_pairs_that_can_win(topk):
+    first, second = candidate_pairs(topk)
+    assert first.numel() == sum(topk // (a + 1) for a in range(topk))
+    assert ((first + 1) * (second + 1) <= topk).all()
+    torch.manual_seed(topk)
+    for _ in range(20):
+        a = torch.randn(topk).sort(descending=True).values
+        b = torch.randn(topk).sort(descending=True).values
+        everything = (a[:, None] + b[None, :]).flatten().topk(topk).values
+        torch.testing.assert_close(
+            (a[first] + b[second]).topk(topk).values, everything, rtol=0, atol=0
+        )
+
+
+def test_candidate_pairs_rejects_a_bad_topk():
+    with pytest.raises(ValueError, match="`topk`"):
+        candidate_pairs(0)
+
+
+def read_case(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A small table read with repeats: 8 slots (6 and 7 never read), 7 tokens of 6 reads."""
+    generator = torch.Generator().manual_seed(11)
+    table = torch.randn(8, 3, dtype=dtype, generator=generator)
+    indices = torch.randint(0, 6, (7, 6), generator=generator)
+    indices[0] = 2  # one token reading a single slot six times
+    weights = torch.rand(7, 6, dtype=dtype, generator=generator)
+    return table, indices, weights
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_weighted_row_sum_equals_embedding_bag(sparse):
+    table, indices, weights = read_case(torch.float32)
+    table.requires_grad_()
+    weights.requires_grad_()
+    grad_out = torch.randn(7, 3)
+    out = WeightedRowSum.apply(table, indices, weights, sparse)
+    grads = torch.autograd.grad(out, (table, weights), grad_out)
+    expected = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    expected_grads = torch.autograd.grad(expected, (table, weights), grad_out)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert grads[0].is_sparse == sparse
+    if sparse:
+        assert grads[0].is_coalesced()
+        assert set(grads[0].indices()[0].tolist()) == set(indices.flatten().tolist())
+    assert (grads[0].to_dense()[6:] == 0).all()
+    torch.testing.assert_close(grads[0].to_dense(), expected_grads[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1], expected_grads[1], rtol=0, atol=1e-5)
+
+
+def test_weighted_row_sum_gradcheck():
+    table, indices, weights = read_case(torch.float64)
+    table.requires_grad_()
+    weights.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t, w: WeightedRowSum.apply(t, indices, w, False), (table, weights)
+    )
+
+
+def graph_nodes(output: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes that ``output`` was computed through."""
+    names, stack, seen = set(), [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def brute_force_rows(memory: ProductKeyMemory, rows: torch.Tensor) -> torch.Tensor:
+    """``brute_force`` on a flat ``(n, dim)`` set of real tokens; output ``(n, v_dim)``."""
+    return brute_force(memory, rows[None])[0][0]
+
+
+@pytest.mark.parametrize(
+    ("query_norm", "topk", "dtype", "atol"),
+    [
+        ("batchnorm", 3, torch.float32, 1e-5),
+        ("layernorm", 1, torch.float32, 1e-5),
+        (None, 5, torch.float64, 1e-10),
+        ("batchnorm", 1, torch.float64, 1e-10),
+    ],
+)
+def test_every_gradient_equals_brute_force_with_padding(query_norm, topk, dtype, atol):
+    torch.manual_seed(12)
+    config = dict(dim=7, n_keys=5, heads=3, k_dim=6, topk=topk, v_dim=9, query_norm=query_norm)
+    memory = ProductKeyMemory(**config).to(dtype).train()
+    reference = copy.deepcopy(memory)
+    x = torch.randn(3, 5, 7, dtype=dtype)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 1, 3])[:, None]
+    x_ours = x.clone().requires_grad_()
+    x_ref = x.clone().requires_grad_()
+    grad_out = torch.randn(3, 5, 9, dtype=dtype)
+
+    out = memory(x_ours, mask)
+    assert "WeightedRowSumBackward" in graph_nodes(out)
+    expected = torch.zeros_like(out).index_put((mask,), brute_force_rows(reference, x_ref[mask]))
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+    (out * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=0, atol=atol)
+    names = [name for name, _ in memory.named_parameters()]
+    assert {"keys", "values.weight", "query_proj.weight", "query_proj.bias"} <= set(names)
+    for (name, p), q in zip(memory.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=atol, msg=name)
+
+
+def test_module_gradcheck_in_float64():
+    torch.manual_seed(13)
+    memory = tiny(query_norm="layernorm", n_keys=4, topk=2).double().eval()
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    params = (memory.keys, memory.values.weight, memory.query_proj.weight)
+    assert torch.autograd.gradcheck(lambda x, *_: memory(x), (x, *params))
 
 
 # ------------------------------------------------------------------------- CUDA
