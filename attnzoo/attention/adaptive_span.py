@@ -25,6 +25,11 @@ Keys at a distance ``>= min(S, ceil(R + max_h z_h))`` get zero weight in every h
 :class:`AdaptiveSpanAttention` drops them before the scores are computed and keeps only
 that many keys in its :class:`~attnzoo.attention.multi_head.KVCache`: memory and compute
 per query follow the largest *learned* span, not the maximum one.
+
+The paper's attention is causal. ``causal=False`` gives the bidirectional variant for
+encoders: the same soft mask of the distance ``|i - j|``, so a head sees ``z_h`` keys on
+either side. There every key is still scored (the mask only zeroes the far ones) and
+there is no cache.
 """
 
 from __future__ import annotations
@@ -86,12 +91,13 @@ class AdaptiveSpanMask(nn.Module):
         longest = float(self.spans().detach().max())
         return min(self.max_span, math.ceil(self.ramp + longest))
 
-    def forward(self, n_q: int, n_k: int) -> Tensor:
+    def forward(self, n_q: int, n_k: int, symmetric: bool = False) -> Tensor:
         """The soft mask for ``n_q`` queries that are the last ``n_q`` of ``n_k`` positions.
 
         Query ``i`` is at position ``i + n_k - n_q``; its distance to key ``j`` is
         ``x = i + n_k - n_q - j``. Keys after the query (``x < 0``) get 1: the causal
-        mask, not this one, hides them.
+        mask, not this one, hides them. With ``symmetric`` the distance is ``|x|``, so
+        keys after the query fade out like keys before it (bidirectional attention).
 
         Returns:
             ``(heads, n_q, n_k)`` in ``[0, 1]``, the dtype of the parameter.
@@ -101,6 +107,8 @@ class AdaptiveSpanMask(nn.Module):
         distance = (rows[:, None] - torch.arange(n_k, device=device)[None, :]).to(
             self.span_logit.dtype
         )
+        if symmetric:
+            distance = distance.abs()
         z = self.spans()[:, None, None]
         soft = ((self.ramp + z - distance) / self.ramp).clamp(0.0, 1.0)
         return soft.masked_fill(distance >= self.max_span, 0.0)
@@ -110,13 +118,16 @@ class AdaptiveSpanMask(nn.Module):
 
 
 class AdaptiveSpanAttention(MultiHeadAttention):
-    """Causal multi-head self-attention with an adaptive span per head.
+    """Multi-head self-attention with an adaptive span per head (causal by default).
 
     Args:
         dim, heads, dim_head, normalizer, learn_alpha, dropout, bias, alpha: as for
-            :class:`~attnzoo.attention.multi_head.MultiHeadAttention` (always causal
-            self-attention; no ``position`` scheme, the span mask is the position signal).
+            :class:`~attnzoo.attention.multi_head.MultiHeadAttention` (self-attention
+            only; no ``position`` scheme, the span mask is the position signal).
         max_span, ramp, init_span: of the :class:`AdaptiveSpanMask` ``span``.
+        causal: True (the paper's setting): query ``i`` sees keys ``j <= i`` within its
+            span, and decoding with a cache is supported. False: bidirectional, the span
+            mask applies to the distance ``|i - j|``; no cache.
 
     Parameters: those of ``MultiHeadAttention`` and ``span.span_logit``.
     """
@@ -134,14 +145,17 @@ class AdaptiveSpanAttention(MultiHeadAttention):
         dropout: float = 0.0,
         bias: bool = True,
         alpha: float | None = None,
+        causal: bool = True,
     ) -> None:
+        if not isinstance(causal, bool):
+            raise TypeError(f"`causal` must be a bool, got {type(causal).__name__}")
         super().__init__(
             dim,
             heads,
             dim_head,
             normalizer=normalizer,
             learn_alpha=learn_alpha,
-            causal=True,
+            causal=causal,
             dropout=dropout,
             bias=bias,
             alpha=alpha,
@@ -155,16 +169,16 @@ class AdaptiveSpanAttention(MultiHeadAttention):
         cache: KVCache | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Attend causally from ``x`` to itself and the cached positions within the span.
+        """Attend from ``x`` to itself (and, causal, the cached positions) within the span.
 
         Args:
             x: ``(batch, n, dim)``.
             mask: boolean over the ``n_k = len(cache) + n`` keys (read ``len(cache)``
                 before the call), True = may attend: key-padding ``(batch, n_k)`` or a
                 rank-4 mask broadcastable to ``(batch, heads, n, n_k)``.
-            cache: a :class:`KVCache`, updated in place; after the call it holds only the
-                ``span.reach() - 1`` most recent positions, the ones a later query can
-                still see (exact while the parameters stay fixed, as in decoding).
+            cache: a :class:`KVCache` (causal only), updated in place; after the call it
+                holds only the ``span.reach() - 1`` most recent positions, the ones a later
+                query can still see (exact while the parameters stay fixed, as in decoding).
             return_weights: also return the weights ``(batch, heads, n, n_k)`` (zero on
                 the keys beyond the span).
 
@@ -173,11 +187,17 @@ class AdaptiveSpanAttention(MultiHeadAttention):
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.dim, "x", "dim")
+        if cache is not None and not self.causal:
+            raise ValueError(
+                "`cache` given, but decoding step by step needs causal=True (a "
+                "bidirectional query also attends to later positions)"
+            )
         q = self._split_heads(self.query(x))
         k, v = self._keys_values(x, None, cache)
         n_q, n_k = q.shape[-2], k.shape[-2]
         full_mask = self._attention_mask(mask, x.shape[0], n_k)
-        reach = self.span.reach()
+        # Bidirectional: keys on both sides can be within the span, so none is dropped.
+        reach = self.span.reach() if self.causal else n_k + 1
         if cache is not None:
             # Later queries are further away: the oldest keys they could see are these.
             # Copied, so that the longer tensor they were cut from is freed.
@@ -196,8 +216,8 @@ class AdaptiveSpanAttention(MultiHeadAttention):
             k,
             v,
             mask=full_mask,
-            bias=log_mask(self.span(n_q, keep))[None],
-            causal=True,
+            bias=log_mask(self.span(n_q, keep, symmetric=not self.causal))[None],
+            causal=self.causal,
             normalizer=self.normalizer,
             alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
             dropout=self.dropout,
@@ -213,7 +233,7 @@ class AdaptiveSpanAttention(MultiHeadAttention):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, "
-            f"normalizer={self.normalizer!r}, dropout={self.dropout}"
+            f"normalizer={self.normalizer!r}, causal={self.causal}, dropout={self.dropout}"
         )
 
 

@@ -123,8 +123,11 @@ from .sentence_losses import (
 )
 from .snail import SNAIL, SNAILConfig
 from .stacks import (
+    AdaptiveSpanConfig,
     LayerConfig,
+    LSHConfig,
     MemoryConfig,
+    SparsePatternConfig,
     StackConfig,
     StackOutput,
     TransformerDecoder,
@@ -157,6 +160,7 @@ __all__ = [
     "ACTOutput",
     "AWDLSTMConfig",
     "AWDLSTMLanguageModel",
+    "AdaptiveSpanConfig",
     "AlbertConfig",
     "AlbertForPreTraining",
     "AlbertModel",
@@ -192,6 +196,7 @@ __all__ = [
     "GradualUnfreezing",
     "HANConfig",
     "HierarchicalAttentionNetwork",
+    "LSHConfig",
     "LSTMBaseline",
     "LanguageEmbedding",
     "LayerCache",
@@ -221,6 +226,7 @@ __all__ = [
     "SinusoidalPositionalEmbedding",
     "SlantedTriangularLR",
     "SoftmaxLoss",
+    "SparsePatternConfig",
     "StackConfig",
     "StackOutput",
     "TaBERTColumnSelector",

@@ -17,8 +17,26 @@ What varies per layer:
 * the attention normaliser: ``normalizer="softmax" | "sparsemax" | "entmax15" | "entmax"``
   (fixed ``alpha``, or ``learn_alpha=True`` for one learned alpha per head: the adaptively
   sparse transformer of Correia et al. 2019), applied to every attention of the layer;
-* ``window=(before, after)`` (encoder only): banded self-attention,
-  :class:`~attnzoo.attention.sliding_window.SlidingWindowAttention`, instead of dense;
+* the self-attention module, dense by default, or at most one of:
+
+  * ``window=(before, after)`` (encoder only): banded self-attention,
+    :class:`~attnzoo.attention.sliding_window.SlidingWindowAttention`;
+  * ``sparse_pattern={...}``: a Sparse Transformer pattern (Child et al. 2019),
+    :class:`~attnzoo.attention.sparse_patterns.SparseTransformerAttention` (``pattern``,
+    ``stride``, ``summary``, ``part``); causal in the decoder, bidirectional in the encoder;
+  * ``lsh={...}``: the Reformer's shared-QK LSH attention (Kitaev et al. 2020),
+    :class:`~attnzoo.attention.lsh.LSHAttention` (``n_buckets``, ``n_hashes``,
+    ``chunk_length``, ``attend_across_buckets``, ``seed``); softmax only;
+  * ``adaptive_span={...}``: a learned span per head (Sukhbaatar et al. 2019),
+    :class:`~attnzoo.attention.adaptive_span.AdaptiveSpanAttention` (``max_span``,
+    ``ramp``, ``init_span``); causal in the decoder, the symmetric span in the encoder.
+    Its span penalty is :func:`~attnzoo.attention.adaptive_span.span_penalty` of the
+    layer, stack or model.
+
+  None of them takes ``position``; only dense and adaptive-span attention take
+  ``learn_alpha``. With a KV cache, a decoder layer decodes step by step with dense or
+  adaptive-span self-attention; sparse-pattern and LSH layers keep no cache and reject
+  one. The cross-attention of a decoder layer is always dense;
 * ``memory={...}``: a product-key memory
   (:class:`~attnzoo.attention.product_key.ProductKeyMemory`, Lample et al. 2019) in place of
   the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``;
@@ -26,9 +44,9 @@ What varies per layer:
   (:mod:`~attnzoo.attention.positional`; the embeddings then need no positions).
 
 Masks follow the library convention (boolean, True = real token / may attend): a
-key-padding ``mask`` ``(batch, n)`` (or, for dense attention, a rank-4 mask broadcastable
-to ``(batch, heads, n_q, n_k)``); the decoder adds its causal mask itself and takes the
-encoder's key-padding mask as ``context_mask``.
+key-padding ``mask`` ``(batch, n)`` (or, for dense and adaptive-span attention, a rank-4
+mask broadcastable to ``(batch, heads, n_q, n_k)``); the decoder adds its causal mask
+itself and takes the encoder's key-padding mask as ``context_mask``.
 
 Parameter names, with the Hugging Face BERT key map (per layer, ``encoder.layer.{i}.``
 prefix dropped; the decoder's ``crossattention.*`` maps like ``attention.*``)::
@@ -55,9 +73,16 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..attention.adaptive_span import AdaptiveSpanAttention
+from ..attention.lsh import LSHAttention
 from ..attention.multi_head import KVCache, MultiHeadAttention
 from ..attention.product_key import ProductKeyMemory
 from ..attention.sliding_window import SlidingWindowAttention
+from ..attention.sparse_patterns import (
+    SparseTransformerAttention,
+    pattern_weights_to_dense,
+    sparse_pattern_index,
+)
 from ..attention.validation import check_int, check_probability, check_rank, check_size
 from .feed_forward import FeedForward
 
@@ -177,6 +202,19 @@ class EncoderLayer(_Block):
             memory instead of the feed-forward network; None = feed-forward.
         position: ``"rotary"`` or ``"alibi"`` inside the (dense) self-attention, see
             :class:`~attnzoo.attention.multi_head.MultiHeadAttention`; None = none.
+        sparse_pattern: keyword arguments of
+            :class:`~attnzoo.attention.sparse_patterns.SparseTransformerAttention`
+            (``pattern``, ``stride``, ``summary``, ``part``) for bidirectional
+            sparse-pattern self-attention; None = not used.
+        lsh: keyword arguments of :class:`~attnzoo.attention.lsh.LSHAttention`
+            (``n_buckets``, ``n_hashes``, ``chunk_length``, ``attend_across_buckets``,
+            ``seed``) for bidirectional LSH self-attention; None = not used.
+        adaptive_span: keyword arguments of
+            :class:`~attnzoo.attention.adaptive_span.AdaptiveSpanAttention` (``max_span``,
+            ``ramp``, ``init_span``) for self-attention with a learned symmetric span per
+            head; None = not used.
+
+    At most one of ``window``, ``sparse_pattern``, ``lsh``, ``adaptive_span`` is given.
     """
 
     def __init__(
@@ -198,6 +236,9 @@ class EncoderLayer(_Block):
         activation_dropout: float | None = None,
         attention_output_dropout: float | None = None,
         position: str | None = None,
+        sparse_pattern: Mapping[str, Any] | None = None,
+        lsh: Mapping[str, Any] | None = None,
+        adaptive_span: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -213,40 +254,21 @@ class EncoderLayer(_Block):
             activation_dropout,
             attention_output_dropout,
         )
-        self.attention: MultiHeadAttention | SlidingWindowAttention
-        if window is None:
-            self.attention = MultiHeadAttention(
-                dim,
-                heads,
-                normalizer=normalizer,
-                learn_alpha=learn_alpha,
-                dropout=self.attention_dropout,
-                bias=bias,
-                alpha=alpha,
-                position=position,
-            )
-        else:
-            before, after = check_window(window)
-            if position is not None:
-                raise ValueError(
-                    f"`position={position!r}` is not available with `window` (sliding-window "
-                    "attention takes no score bias)"
-                )
-            if learn_alpha:
-                raise ValueError(
-                    "`learn_alpha=True` is not available with `window` (sliding-window "
-                    "attention takes a fixed alpha)"
-                )
-            self.attention = SlidingWindowAttention(
-                dim,
-                heads,
-                before,
-                after,
-                normalizer=normalizer,
-                dropout=self.attention_dropout,
-                bias=bias,
-                alpha=alpha,
-            )
+        self.attention = build_self_attention(
+            dim,
+            heads,
+            causal=False,
+            normalizer=normalizer,
+            alpha=alpha,
+            learn_alpha=learn_alpha,
+            dropout=self.attention_dropout,
+            bias=bias,
+            position=position,
+            window=window,
+            sparse_pattern=sparse_pattern,
+            lsh=lsh,
+            adaptive_span=adaptive_span,
+        )
         self.attention_norm = self._norm()
 
     @property
@@ -263,27 +285,24 @@ class EncoderLayer(_Block):
 
         Args:
             x: ``(batch, n, dim)``.
-            mask: key-padding mask ``(batch, n)``, True = real token; dense layers also take
-                a rank-4 boolean mask broadcastable to ``(batch, heads, n, n)`` (a memory
-                sub-layer then reads every position, as it cannot tell padding apart).
-            output_attentions: also return the attention weights.
+            mask: key-padding mask ``(batch, n)``, True = real token; dense and
+                adaptive-span layers also take a rank-4 boolean mask broadcastable to
+                ``(batch, heads, n, n)`` (a memory sub-layer then reads every position, as
+                it cannot tell padding apart).
+            output_attentions: also return the attention weights (not available for an
+                LSH layer, which forms no weight matrix).
 
         Returns:
             ``(batch, n, dim)``, or ``(out, weights)`` with weights ``(batch, heads, n, n)``
-            (dense) or the band ``(batch, heads, n, before + after + 1)`` of a
-            sliding-window layer (layout of
+            (dense, sparse-pattern, adaptive-span) or the band
+            ``(batch, heads, n, before + after + 1)`` of a sliding-window layer (layout of
             :func:`~attnzoo.attention.sliding_window.sliding_window_attention`).
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.dim, "x", "dim")
-        if mask is not None and mask.dim() != 2 and self.window is not None:
-            raise ValueError(
-                "`mask` of a sliding-window layer must be a key-padding mask (batch, n), "
-                f"got shape {tuple(mask.shape)}"
-            )
         padding = mask if mask is not None and mask.dim() == 2 else None
         h = self._pre(x, self.attention_norm)
-        out, weights = _split(self.attention(h, mask=mask, return_weights=output_attentions))
+        out, weights = call_self_attention(self.attention, h, mask, None, output_attentions)
         x = self._post(x, out, self.attention_norm, self.attention_output_dropout)
         x = self._feed_forward(x, padding)
         if weights is None:
@@ -303,6 +322,9 @@ class DecoderLayer(_Block):
             layer, GPT-style, that takes no ``context``).
         position: ``"rotary"`` or ``"alibi"`` inside the self-attention (the
             cross-attention has no relative positions); None = none.
+        sparse_pattern, lsh, adaptive_span: as for :class:`EncoderLayer`, at most one, for
+            the self-attention, which is then causal (the paper's patterns; causal LSH;
+            the paper's adaptive span). The cross-attention stays dense.
     """
 
     def __init__(
@@ -325,6 +347,9 @@ class DecoderLayer(_Block):
         activation_dropout: float | None = None,
         attention_output_dropout: float | None = None,
         position: str | None = None,
+        sparse_pattern: Mapping[str, Any] | None = None,
+        lsh: Mapping[str, Any] | None = None,
+        adaptive_span: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             dim,
@@ -347,8 +372,15 @@ class DecoderLayer(_Block):
             "bias": bias,
             "alpha": alpha,
         }
-        self.self_attention = MultiHeadAttention(
-            dim, heads, causal=True, position=position, **options
+        self.self_attention = build_self_attention(
+            dim,
+            heads,
+            causal=True,
+            position=position,
+            sparse_pattern=sparse_pattern,
+            lsh=lsh,
+            adaptive_span=adaptive_span,
+            **options,
         )
         self.self_attention_norm = self._norm()
         self.cross_attention: MultiHeadAttention | None = None
@@ -374,11 +406,13 @@ class DecoderLayer(_Block):
                 cross-attention (with a filled cache only its batch size is used).
             mask: self-attention key-padding mask ``(batch, n_k)``, True = real token, over
                 all ``n_k = n_cached + n`` positions; or a rank-4 mask broadcastable to
-                ``(batch, heads, n, n_k)``. The causal mask is always applied on top.
+                ``(batch, heads, n, n_k)`` (dense and adaptive-span self-attention only).
+                The causal mask is always applied on top.
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
             cache: a :class:`LayerCache`, updated in place: the new positions' keys and
-                values are appended, the context's are computed once.
-            output_attentions: also return the weights.
+                values are appended, the context's are computed once. Not available with
+                sparse-pattern or LSH self-attention (a ``ValueError``).
+            output_attentions: also return the weights (not available with LSH).
 
         Returns:
             ``(batch, n, dim)``, or ``(out, self_weights, cross_weights)`` with
@@ -396,13 +430,12 @@ class DecoderLayer(_Block):
         n = x.shape[1]
         padding = mask[:, -n:] if mask is not None and mask.dim() == 2 else None
         h = self._pre(x, self.self_attention_norm)
-        out, self_weights = _split(
-            self.self_attention(
-                h,
-                mask=mask,
-                cache=cache.self_attention if cache is not None else None,
-                return_weights=output_attentions,
-            )
+        out, self_weights = call_self_attention(
+            self.self_attention,
+            h,
+            mask,
+            cache.self_attention if cache is not None else None,
+            output_attentions,
         )
         x = self._post(x, out, self.self_attention_norm, self.attention_output_dropout)
         cross_weights = None
@@ -429,6 +462,252 @@ def _split(result: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | Non
     return result if isinstance(result, tuple) else (result, None)
 
 
+SELF_ATTENTION_OPTIONS = ("window", "sparse_pattern", "lsh", "adaptive_span")
+"""The layer arguments that replace dense self-attention (at most one per layer)."""
+
+# Arguments every option module gets from the layer itself, so an options dict may not
+# set them.
+_LAYER_SET = frozenset(
+    {"dim", "heads", "causal", "normalizer", "alpha", "learn_alpha", "dropout", "bias"}
+)
+
+
+def build_self_attention(
+    dim: int,
+    heads: int,
+    *,
+    causal: bool,
+    normalizer: str,
+    alpha: float | None,
+    learn_alpha: bool,
+    dropout: float,
+    bias: bool,
+    position: str | None = None,
+    window: tuple[int, int] | None = None,
+    sparse_pattern: Mapping[str, Any] | None = None,
+    lsh: Mapping[str, Any] | None = None,
+    adaptive_span: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """The self-attention module of a layer: dense, or the one option given.
+
+    Args:
+        dim, heads, normalizer, alpha, learn_alpha, dropout, bias, position: as for
+            :class:`EncoderLayer` (``dropout`` is the attention-weight dropout).
+        causal: decoder self-attention (``window`` is then refused).
+        window, sparse_pattern, lsh, adaptive_span: at most one; the dicts hold the
+            module's own keyword arguments (see the module docstring).
+
+    Returns:
+        a module mapping ``(batch, n, dim)`` to ``(batch, n, dim)``; call it through
+        :func:`call_self_attention`.
+
+    Raises:
+        ValueError: two options, or an option with an argument its module cannot do
+            (``position``; ``learn_alpha`` except with ``adaptive_span``; a normaliser
+            other than softmax with ``lsh``; ``window`` when causal).
+    """
+    given = {
+        "window": window,
+        "sparse_pattern": sparse_pattern,
+        "lsh": lsh,
+        "adaptive_span": adaptive_span,
+    }
+    name = check_self_attention_choice(
+        normalizer=normalizer, alpha=alpha, learn_alpha=learn_alpha, position=position, **given
+    )
+    if name is None:
+        return MultiHeadAttention(
+            dim,
+            heads,
+            normalizer=normalizer,
+            learn_alpha=learn_alpha,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            alpha=alpha,
+            position=position,
+        )
+    if name == "window":
+        if causal:
+            raise ValueError("`window` is available in encoder (non-causal) layers only")
+        before, after = check_window(window)
+        return SlidingWindowAttention(
+            dim,
+            heads,
+            before,
+            after,
+            normalizer=normalizer,
+            dropout=dropout,
+            bias=bias,
+            alpha=alpha,
+        )
+    options = _module_options(given[name], name)
+    if name == "sparse_pattern":
+        return SparseTransformerAttention(
+            dim,
+            heads,
+            causal=causal,
+            normalizer=normalizer,
+            dropout=dropout,
+            bias=bias,
+            alpha=alpha,
+            **options,
+        )
+    if name == "lsh":
+        return LSHAttention(dim, heads, causal=causal, dropout=dropout, bias=bias, **options)
+    return AdaptiveSpanAttention(
+        dim,
+        heads,
+        causal=causal,
+        normalizer=normalizer,
+        learn_alpha=learn_alpha,
+        dropout=dropout,
+        bias=bias,
+        alpha=alpha,
+        **options,
+    )
+
+
+def check_self_attention_choice(
+    *,
+    normalizer: str,
+    alpha: float | None,
+    learn_alpha: bool,
+    position: str | None,
+    **options: object,
+) -> str | None:
+    """Which of :data:`SELF_ATTENTION_OPTIONS` is given (None = dense), after checking
+    that at most one is and that the layer's other arguments suit it.
+
+    Args:
+        normalizer, alpha, learn_alpha, position: the layer's.
+        **options: ``window``, ``sparse_pattern``, ``lsh``, ``adaptive_span`` (None = not
+            given).
+
+    Raises:
+        ValueError: two options given; ``position`` with any of them; ``learn_alpha``
+            except with ``adaptive_span``; ``lsh`` with a normaliser other than softmax or
+            with an ``alpha``.
+    """
+    unknown = sorted(set(options) - set(SELF_ATTENTION_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown self-attention options {unknown}; known: {SELF_ATTENTION_OPTIONS}"
+        )
+    chosen = [name for name in SELF_ATTENTION_OPTIONS if options.get(name) is not None]
+    if len(chosen) > 1:
+        raise ValueError(
+            f"at most one of {SELF_ATTENTION_OPTIONS} may be given per layer, got {chosen}"
+        )
+    if not chosen:
+        return None
+    name = chosen[0]
+    if position is not None:
+        raise ValueError(
+            f"`position={position!r}` is not available with `{name}` (only dense attention "
+            "takes rotary or ALiBi positions)"
+        )
+    if learn_alpha and name != "adaptive_span":
+        raise ValueError(
+            f"`learn_alpha=True` is not available with `{name}` (it takes a fixed alpha)"
+        )
+    if name == "lsh" and (normalizer != "softmax" or alpha is not None):
+        raise ValueError(
+            "`lsh` needs normalizer='softmax' and no `alpha` (LSH attention combines its "
+            f"hash rounds by log-sum-exp), got normalizer={normalizer!r}, alpha={alpha!r}"
+        )
+    return name
+
+
+def _module_options(options: object, name: str) -> dict[str, Any]:
+    """``options`` as a dict of keyword arguments, refusing those the layer sets itself."""
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"`{name}` must be a dict of keyword arguments (or None), got {type(options).__name__}"
+        )
+    clash = sorted(set(options) & _LAYER_SET)
+    if clash:
+        raise ValueError(
+            f"`{name}` may not set {clash}: the layer sets them (e.g. `causal` from the "
+            "encoder/decoder, `normalizer` and `dropout` from the layer's own arguments)"
+        )
+    return dict(options)
+
+
+def call_self_attention(
+    attention: nn.Module,
+    x: Tensor,
+    mask: Tensor | None,
+    cache: KVCache | None,
+    return_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Run a module from :func:`build_self_attention` on ``x`` ``(batch, n, dim)``.
+
+    Args:
+        attention: the module.
+        x: ``(batch, n, dim)``.
+        mask: key-padding ``(batch, n_k)``; dense and adaptive-span attention also take a
+            rank-4 mask broadcastable to ``(batch, heads, n, n_k)``.
+        cache: a :class:`KVCache` to decode with (dense and adaptive-span attention only).
+        return_weights: also return the weights.
+
+    Returns:
+        ``(out, weights)``: ``out`` ``(batch, n, dim)``; ``weights`` None unless asked for,
+        else ``(batch, heads, n, n_k)`` (a sliding window gives its band; a sparse pattern
+        its weights expanded to ``(batch, heads, n, n)``).
+
+    Raises:
+        ValueError: a cache, a rank-4 mask or (LSH) weights asked of a module that has
+            none of them.
+    """
+    if isinstance(attention, MultiHeadAttention):  # dense and adaptive span
+        return _split(attention(x, mask=mask, cache=cache, return_weights=return_weights))
+    kind = _KIND_NAMES.get(type(attention), type(attention).__name__)
+    if cache is not None:
+        raise ValueError(
+            f"`cache` given, but {kind} self-attention cannot decode step by step (it keeps "
+            "no key/value cache); run the whole sequence without a cache"
+        )
+    if mask is not None and mask.dim() != 2:
+        raise ValueError(
+            f"`mask` of a {kind} layer must be a key-padding mask (batch, n), "
+            f"got shape {tuple(mask.shape)}"
+        )
+    if isinstance(attention, LSHAttention):
+        if return_weights:
+            raise ValueError(
+                "attention weights were asked for (output_attentions=True), but LSH "
+                "attention forms no weight matrix"
+            )
+        return attention(x, mask=mask), None
+    out, weights = _split(attention(x, mask=mask, return_weights=return_weights))
+    if weights is not None and isinstance(attention, SparseTransformerAttention):
+        weights = _dense_pattern_weights(attention, weights)
+    return out, weights
+
+
+_KIND_NAMES: dict[type, str] = {
+    SlidingWindowAttention: "sliding-window",
+    SparseTransformerAttention: "sparse-pattern",
+    LSHAttention: "LSH",
+}
+
+
+def _dense_pattern_weights(attention: SparseTransformerAttention, weights: Tensor) -> Tensor:
+    """Compact sparse-pattern weights ``(batch, heads, n, k_max)`` -> ``(batch, heads, n, n)``."""
+    index, valid = sparse_pattern_index(
+        weights.shape[-2],
+        attention.pattern,
+        attention.stride,
+        summary=attention.summary,
+        causal=attention.causal,
+        part=attention.part,
+        heads=attention.heads if attention.part == "split" else None,
+        device=weights.device,
+    )
+    return pattern_weights_to_dense(weights, index, valid)
+
+
 def check_window(window: object) -> tuple[int, int]:
     """Return ``window`` as ``(before, after)`` ints >= 0, else raise naming ``window``."""
     if not isinstance(window, (tuple, list)) or len(window) != 2:
@@ -442,4 +721,13 @@ def check_window(window: object) -> tuple[int, int]:
     return before, after
 
 
-__all__ = ["DecoderLayer", "EncoderLayer", "LayerCache", "check_window"]
+__all__ = [
+    "SELF_ATTENTION_OPTIONS",
+    "DecoderLayer",
+    "EncoderLayer",
+    "LayerCache",
+    "build_self_attention",
+    "call_self_attention",
+    "check_self_attention_choice",
+    "check_window",
+]

@@ -2,10 +2,23 @@
 
 A :class:`StackConfig` gives the shared shape of the stack (width, heads, depth,
 feed-forward, dropout, pre-/post-LN) and a :class:`LayerConfig` for what may vary by layer:
-the attention normaliser (softmax, sparsemax, entmax15, entmax with a fixed or learned
-per-head alpha), sliding-window attention, and a product-key memory in place of the
-feed-forward network. ``layer`` applies to every layer and ``overrides`` replaces it at
-chosen indices, e.g. a memory at layer 2 and banded attention below it::
+
+* the attention normaliser (softmax, sparsemax, entmax15, entmax with a fixed or learned
+  per-head alpha);
+* the self-attention module, dense unless one of: ``window`` (sliding window, encoder
+  only), ``sparse_pattern`` (:class:`SparsePatternConfig`: the strided or fixed patterns
+  of the Sparse Transformer), ``lsh`` (:class:`LSHConfig`: the Reformer's LSH attention)
+  or ``adaptive_span`` (:class:`AdaptiveSpanConfig`: a learned span per head). Decoder
+  layers use them causally, encoder layers bidirectionally; a decoder cache works with
+  dense and adaptive-span layers only (the others raise). The span penalty of every
+  adaptive-span layer of a stack is
+  :func:`~attnzoo.attention.adaptive_span.span_penalty` ``(stack)``, to add to the loss;
+* ``position``: rotary or ALiBi positions in dense self-attention;
+* ``memory``: a product-key memory (:class:`MemoryConfig`) in place of the feed-forward
+  network.
+
+``layer`` applies to every layer and ``overrides`` replaces it at chosen indices, e.g. a
+memory at layer 2 and banded attention below it::
 
     StackConfig(
         dim=256, heads=4, depth=4,
@@ -14,8 +27,18 @@ chosen indices, e.g. a memory at layer 2 and banded attention below it::
     )
 
 (an override replaces the whole :class:`LayerConfig` of its layer, so layer 2 above is
-dense). :class:`TransformerEncoder` and :class:`TransformerDecoder` apply the layers in
-order, then, for pre-LN stacks, one final LayerNorm (``norm``), and return a
+dense), or a dense layer 0, a sparse-pattern layer 1 and an LSH layer 2::
+
+    StackConfig(
+        dim=256, heads=4, depth=3,
+        overrides={
+            1: LayerConfig(sparse_pattern=SparsePatternConfig("fixed", stride=16)),
+            2: LayerConfig(lsh=LSHConfig(n_buckets=8, chunk_length=32)),
+        },
+    )
+
+:class:`TransformerEncoder` and :class:`TransformerDecoder` apply the layers in order,
+then, for pre-LN stacks, one final LayerNorm (``norm``), and return a
 :class:`StackOutput`.
 """
 
@@ -29,12 +52,20 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention.entmax import MIN_ALPHA, EntmaxAlpha
+from ..attention.multi_head import MultiHeadAttention
 from ..attention.normalizers import available_normalizers
 from ..attention.positional import check_position
 from ..attention.product_key import QUERY_NORMS
+from ..attention.sparse_patterns import PARTS, PATTERNS
 from ..attention.validation import check_int, check_probability, check_rank, check_size
 from .feed_forward import ACTIVATIONS
-from .layers import DecoderLayer, EncoderLayer, LayerCache, check_window
+from .layers import (
+    DecoderLayer,
+    EncoderLayer,
+    LayerCache,
+    check_self_attention_choice,
+    check_window,
+)
 
 
 @dataclass
@@ -73,6 +104,106 @@ class MemoryConfig:
 
 
 @dataclass
+class SparsePatternConfig:
+    """Sparse Transformer attention options
+    (:class:`~attnzoo.attention.sparse_patterns.SparseTransformerAttention`).
+
+    Attributes:
+        pattern: ``"strided"`` or ``"fixed"`` (Child et al. 2019).
+        stride: ``l``, the local width / block length (the paper takes ``l ~ sqrt(n)``).
+        summary: ``c``, summary columns per block of the fixed pattern, in ``[1, stride]``.
+        part: ``"union"`` (merged head), ``"local"``, ``"global"`` or ``"split"`` (first
+            half of the heads local, second half global; needs an even number of heads).
+    """
+
+    pattern: str = "strided"
+    stride: int = 16
+    summary: int = 1
+    part: str = "union"
+
+    def __post_init__(self) -> None:
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"`pattern` must be one of {PATTERNS}, got {self.pattern!r}")
+        check_int(self.stride, "stride")
+        check_int(self.summary, "summary")
+        if self.pattern == "fixed" and self.summary > self.stride:
+            raise ValueError(f"`summary` must be <= stride = {self.stride}, got {self.summary}")
+        if self.part not in PARTS:
+            raise ValueError(f"`part` must be one of {PARTS}, got {self.part!r}")
+
+
+@dataclass
+class LSHConfig:
+    """LSH attention options (:class:`~attnzoo.attention.lsh.LSHAttention`; softmax only).
+
+    Attributes:
+        n_buckets: buckets per hash round, an even int >= 2 (about ``n / chunk_length``).
+        n_hashes: hash rounds.
+        chunk_length: positions per chunk (each chunk also sees the one before it).
+        attend_across_buckets: let a query see keys of other buckets in its chunk window.
+        seed: fixed hashing drawn once from this seed; None draws new rotations at every
+            call (the Reformer's way).
+    """
+
+    n_buckets: int = 8
+    n_hashes: int = 1
+    chunk_length: int = 64
+    attend_across_buckets: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.n_buckets, "n_buckets", minimum=2)
+        if self.n_buckets % 2:
+            raise ValueError(f"`n_buckets` must be an even int >= 2, got {self.n_buckets}")
+        check_int(self.n_hashes, "n_hashes")
+        check_int(self.chunk_length, "chunk_length")
+        if not isinstance(self.attend_across_buckets, bool):
+            raise TypeError(
+                "`attend_across_buckets` must be a bool, "
+                f"got {type(self.attend_across_buckets).__name__}"
+            )
+        if self.seed is not None:
+            check_int(self.seed, "seed", minimum=0)
+
+
+@dataclass
+class AdaptiveSpanConfig:
+    """Adaptive attention span options
+    (:class:`~attnzoo.attention.adaptive_span.AdaptiveSpanAttention`).
+
+    Attributes:
+        max_span: ``S``, the longest span a head may learn.
+        ramp: ``R``, width of the soft mask's ramp from 1 to 0 (the paper's is 32).
+        init_span: initial span of every head, in ``(0, max_span)``; default
+            ``max_span / 2``.
+    """
+
+    max_span: int
+    ramp: int = 32
+    init_span: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.max_span, "max_span")
+        check_int(self.ramp, "ramp")
+        if self.init_span is not None:
+            if isinstance(self.init_span, bool) or not isinstance(self.init_span, (int, float)):
+                raise TypeError(
+                    f"`init_span` must be a number or None, got {type(self.init_span).__name__}"
+                )
+            if not 0 < self.init_span < self.max_span:
+                raise ValueError(
+                    f"`init_span` must be in (0, max_span={self.max_span}), got {self.init_span}"
+                )
+
+
+_ATTENTION_CONFIGS: dict[str, type] = {
+    "sparse_pattern": SparsePatternConfig,
+    "lsh": LSHConfig,
+    "adaptive_span": AdaptiveSpanConfig,
+}
+
+
+@dataclass
 class LayerConfig:
     """What may differ between the layers of a stack.
 
@@ -88,6 +219,16 @@ class LayerConfig:
             memory; None = feed-forward.
         position: ``"rotary"`` (Su et al. 2021) or ``"alibi"`` (Press et al. 2022) inside
             the self-attention, for every normaliser (dense attention only); None = none.
+        sparse_pattern: a :class:`SparsePatternConfig` for Sparse Transformer
+            self-attention (Child et al. 2019), any normaliser with a fixed alpha.
+        lsh: an :class:`LSHConfig` for the Reformer's LSH self-attention (Kitaev et al.
+            2020); softmax only.
+        adaptive_span: an :class:`AdaptiveSpanConfig` for self-attention with a learned
+            span per head (Sukhbaatar et al. 2019); any normaliser, ``learn_alpha`` too.
+
+    At most one of ``window``, ``sparse_pattern``, ``lsh``, ``adaptive_span``; none of
+    them takes ``position``. Decoder layers use them causally (a decoding cache works with
+    ``adaptive_span`` only), encoder layers bidirectionally.
     """
 
     normalizer: str = "softmax"
@@ -96,6 +237,9 @@ class LayerConfig:
     window: tuple[int, int] | None = None
     memory: MemoryConfig | None = None
     position: str | None = None
+    sparse_pattern: SparsePatternConfig | None = None
+    lsh: LSHConfig | None = None
+    adaptive_span: AdaptiveSpanConfig | None = None
 
     def __post_init__(self) -> None:
         check_position(self.position)
@@ -118,10 +262,22 @@ class LayerConfig:
             )
         if self.window is not None:
             self.window = check_window(self.window)
-            if self.learn_alpha:
-                raise ValueError("`learn_alpha=True` is not available with `window`")
-            if self.position is not None:
-                raise ValueError(f"`position={self.position!r}` is not available with `window`")
+        for name, kind in _ATTENTION_CONFIGS.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(
+                    f"`{name}` must be a {kind.__name__} or None, got {type(value).__name__}"
+                )
+        check_self_attention_choice(
+            normalizer=self.normalizer,
+            alpha=self.alpha,
+            learn_alpha=self.learn_alpha,
+            position=self.position,
+            window=self.window,
+            sparse_pattern=self.sparse_pattern,
+            lsh=self.lsh,
+            adaptive_span=self.adaptive_span,
+        )
         if self.memory is not None and not isinstance(self.memory, MemoryConfig):
             raise TypeError(
                 f"`memory` must be a MemoryConfig or None, got {type(self.memory).__name__}"
@@ -139,6 +295,10 @@ class LayerConfig:
             kwargs["window"] = self.window
         if self.position is not None:
             kwargs["position"] = self.position
+        for name in _ATTENTION_CONFIGS:
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = asdict(value)
         return kwargs
 
 
@@ -212,6 +372,13 @@ class StackConfig:
                 raise TypeError(
                     f"`overrides[{index}]` must be a LayerConfig, got {type(config).__name__}"
                 )
+        for index in range(self.depth):
+            pattern = self.layer_config(index).sparse_pattern
+            if pattern is not None and pattern.part == "split" and self.heads % 2:
+                raise ValueError(
+                    f"layer {index}: sparse_pattern part='split' needs an even number of "
+                    f"`heads`, got {self.heads}"
+                )
 
     def layer_config(self, index: int) -> LayerConfig:
         """The :class:`LayerConfig` of layer ``index``."""
@@ -245,7 +412,8 @@ class StackOutput:
             ``depth + 1`` tensors ``(batch, n, dim)``; the last is ``last_hidden_state``.
         attentions: with ``output_attentions``: every layer's (self-)attention weights,
             ``(batch, heads, n, n_k)`` (a sliding-window layer gives its band
-            ``(batch, heads, n, before + after + 1)``).
+            ``(batch, heads, n, before + after + 1)``; an LSH layer has no weights, so
+            asking for them is a ``ValueError``).
         cross_attentions: decoder with ``output_attentions``: every layer's weights over
             the context ``(batch, heads, n, n_c)``.
     """
@@ -340,8 +508,10 @@ class TransformerDecoder(_Stack):
     """A stack of :class:`DecoderLayer` built from a :class:`StackConfig`.
 
     Args:
-        config: the stack's shape; a layer config with ``window`` is rejected (the decoder
-            layers attend densely).
+        config: the stack's shape; a layer config with ``window`` is rejected (sliding
+            windows are for encoders); ``sparse_pattern``, ``lsh`` and ``adaptive_span``
+            layers attend causally. Decoding with a ``cache`` needs dense or adaptive-span
+            self-attention in every layer.
         context_dim: width of the encoder output; default ``config.dim``.
         cross_attention: False gives a decoder-only stack (no ``context``).
     """
@@ -387,7 +557,8 @@ class TransformerDecoder(_Stack):
             mask: self-attention key-padding mask ``(batch, n_cached + n)``.
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
             cache: from :meth:`new_cache`, updated in place; pass the same list at every
-                decoding step.
+                decoding step (a ``ValueError`` if a layer has sparse-pattern or LSH
+                self-attention, which cannot decode step by step).
             output_attentions: collect every layer's self- and cross-attention weights.
             output_hidden_states: collect the input and every layer's output.
         """
@@ -396,6 +567,15 @@ class TransformerDecoder(_Stack):
             raise ValueError(
                 f"`cache` must hold one LayerCache per layer ({len(self.layers)}), got {len(cache)}"
             )
+        if cache is not None:
+            # Checked before any layer runs, so no layer's cache is left half-updated.
+            for i, layer in enumerate(self.layers):
+                if not isinstance(layer.self_attention, MultiHeadAttention):
+                    raise ValueError(
+                        f"`cache` given, but layer {i} has "
+                        f"{type(layer.self_attention).__name__} self-attention, which cannot "
+                        "decode step by step; run the whole sequence without a cache"
+                    )
         hidden = [x] if output_hidden_states else None
         attentions: list[Tensor] | None = [] if output_attentions else None
         cross: list[Tensor] | None = [] if output_attentions else None
@@ -491,8 +671,11 @@ def learned_alphas(module: nn.Module) -> dict[str, Tensor]:
 
 
 __all__ = [
+    "AdaptiveSpanConfig",
+    "LSHConfig",
     "LayerConfig",
     "MemoryConfig",
+    "SparsePatternConfig",
     "StackConfig",
     "StackOutput",
     "TransformerDecoder",
