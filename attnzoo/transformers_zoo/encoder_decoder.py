@@ -76,7 +76,12 @@ from .checkpoints import (
     write_hf_directory,
 )
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
-from .generation import GenerationOptions, generate_tokens
+from .generation import (
+    GenerationMixin,
+    GenerationOptions,
+    GenerationStart,
+    check_generation_length,
+)
 from .gpt2 import (
     GPT2Config,
     gpt2_config_from_hf,
@@ -602,8 +607,11 @@ def shift_tokens_right(labels: Tensor, pad_token_id: int, decoder_start_token_id
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
-class EncoderDecoderModel(nn.Module):
+class EncoderDecoderModel(GenerationMixin, nn.Module):
     """A BERT-family encoder and a decoder with cross-attention, as one seq2seq model.
+
+    ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
+    decodes from the encoded source; see :meth:`_begin_generation` for ``use_cache``.
 
     Args:
         encoder: a :class:`~attnzoo.transformers_zoo.bert.BertModel` (or subclass).
@@ -881,62 +889,35 @@ class EncoderDecoderModel(nn.Module):
 
     # ----- generation ----------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(
+    def _begin_generation(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        max_new_tokens: int = 20,
-        min_new_tokens: int = 0,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
+        attention_mask: Tensor | None,
+        options: GenerationOptions,
         use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Decode greedily, by sampling or with beam search (Hugging Face's options).
+    ) -> GenerationStart:
+        """Generation's start (:meth:`GenerationMixin.generate`): encode the source.
 
         With ``use_cache`` every step feeds one token and reuses the decoder's
         self-attention keys/values and the cross-attention keys/values of the encoder
         output (computed at the first step); without it every step recomputes the whole
-        prefix (same tokens, for checking). Logits are processed as in
-        :func:`~attnzoo.transformers_zoo.generation.generate_tokens`; the repetition penalty
-        counts the decoder's tokens (its start token included), as Hugging Face does.
+        prefix (same tokens, for checking). The repetition penalty counts the decoder's
+        tokens (its start token included), as Hugging Face does.
 
         Args:
             input_ids: source ``(batch, n_enc)``.
             attention_mask: ``(batch, n_enc)`` 1/True = real token (bool or 0/1).
-            max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p,
-                repetition_penalty, num_beams, length_penalty: see
-                :class:`~attnzoo.transformers_zoo.generation.GenerationOptions`.
+            options: the generation options (for the length check).
             use_cache: incremental decoding with KV caches.
-            generator: random generator for sampling (reproducible draws).
 
-        Returns:
-            ``(batch, 1 + n_new)`` int64: ``decoder_start_token_id``, then the generated
-            tokens, ``pad_token_id`` after a row's EOS; ``n_new <= max_new_tokens``.
+        ``generate`` returns ``(batch, 1 + n_new)``: ``decoder_start_token_id``, then the
+        generated tokens; EOS and padding default to the model's ``eos_token_id`` and
+        ``pad_token_id``.
         """
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-        )
         start = self._start_token("generate")
-        if max_new_tokens + 1 > self.decoder.max_positions:
-            raise ValueError(
-                f"`max_new_tokens` + 1 must be <= the decoder's {self.decoder.max_positions} "
-                f"positions, got {max_new_tokens}"
-            )
+        check_generation_length(
+            1, options.max_new_tokens, self.decoder.max_positions, "the decoder's positions"
+        )
         context, _ = self.encode(input_ids, attention_mask)
         context_mask = hf_attention_mask(attention_mask, input_ids.shape)
         batch = input_ids.shape[0]
@@ -947,32 +928,33 @@ class EncoderDecoderModel(nn.Module):
             state["cache"] = self.decoder.new_cache()
         else:
             state["prefix"] = input_ids.new_zeros((batch, 0))
-
-        def step(tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-            if use_cache:
-                out = self.decoder(
-                    tokens[:, None],
-                    state["context"],
-                    context_mask=state["context_mask"],
-                    cache=state["cache"],
-                )
-                return out.logits[:, -1], state
-            prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)
-            out = self.decoder(prefix, state["context"], context_mask=state["context_mask"])
-            return out.logits[:, -1], {**state, "prefix": prefix}
-
         first = torch.full((batch, 1), start, dtype=torch.long, device=input_ids.device)
-        new = generate_tokens(
-            step,
-            state,
-            start,
+        return GenerationStart(
+            step=self._generation_step,
+            state=state,
             history=first,
+            prefix=first,
             eos=self.eos_token_id,
             pad=self.pad_token_id,
-            options=options,
-            generator=generator,
+            start=start,
         )
-        return torch.cat([first, new], dim=1)
+
+    def _generation_step(
+        self, tokens: Tensor, state: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """One decoder step: the new token with the caches, or the whole prefix without;
+        returns the last position's logits ``(N, vocab)``."""
+        if "cache" in state:
+            out = self.decoder(
+                tokens[:, None],
+                state["context"],
+                context_mask=state["context_mask"],
+                cache=state["cache"],
+            )
+            return out.logits[:, -1], state
+        prefix = torch.cat([state["prefix"], tokens[:, None]], dim=1)
+        out = self.decoder(prefix, state["context"], context_mask=state["context_mask"])
+        return out.logits[:, -1], {**state, "prefix": prefix}
 
 
 # ---------------------------------------------------------------------------------------

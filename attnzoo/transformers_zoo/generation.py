@@ -21,14 +21,20 @@ Outputs exclude BOS and include EOS; positions after a sequence's EOS are ``pad`
 (``PAD = 0`` of :mod:`attnzoo.transformers_zoo.tasks`). The output width ``n`` is the length
 of the longest returned sequence, at most ``max_len``.
 
-Length penalty (beam search) is the GNMT one (Wu et al. 2016): a finished hypothesis of
-``L`` generated tokens (its EOS included) with summed log-probability ``s`` scores
-``s / ((5 + L) / 6) ** length_penalty``. ``length_penalty = 0`` ranks by ``s`` alone;
-larger values favour longer outputs.
+Length penalty (beam search) is the GNMT one (Wu et al. 2016) by default: a finished
+hypothesis of ``L`` generated tokens (its EOS included) with summed log-probability ``s``
+scores ``s / ((5 + L) / 6) ** length_penalty``; ``length_normalization="length"`` gives
+Hugging Face's ``s / L ** length_penalty`` instead. ``length_penalty = 0`` ranks by ``s``
+alone; larger values favour longer outputs.
+
+Every language model's ``generate`` is :meth:`GenerationMixin.generate`: one keyword list,
+one resolution of the EOS and padding ids; a model only says how its decoding starts
+(:class:`GenerationStart`).
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
@@ -37,7 +43,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from ..attention.validation import check_positive
+from ..attention.validation import check_positive, check_rank
+from .checkpoints import hf_attention_mask
 from .tasks.sequences import PAD
 
 State = Any
@@ -254,8 +261,28 @@ def _decode(
 # ---------------------------------------------------------------------------------------
 
 
-def length_penalty_factor(length: int, length_penalty: float) -> float:
-    """GNMT length normaliser ``((5 + length) / 6) ** length_penalty`` (Wu et al. 2016)."""
+LENGTH_NORMALIZATIONS = ("gnmt", "length")
+"""Beam-search length normalisers: ``"gnmt"`` ``((5 + L) / 6) ** lp`` (Wu et al. 2016) and
+``"length"`` ``L ** lp`` (Hugging Face's)."""
+
+
+def _check_normalization(normalization: object) -> str:
+    if normalization not in LENGTH_NORMALIZATIONS:
+        raise ValueError(
+            f"`length_normalization` must be one of {LENGTH_NORMALIZATIONS}, got {normalization!r}"
+        )
+    return str(normalization)
+
+
+def length_penalty_factor(length: int, length_penalty: float, normalization: str = "gnmt") -> float:
+    """The normaliser a beam score is divided by, for ``length`` generated tokens.
+
+    ``"gnmt"``: ``((5 + length) / 6) ** length_penalty`` (Wu et al. 2016); ``"length"``:
+    ``length ** length_penalty`` (Hugging Face's). Both grow with ``length`` for a positive
+    penalty and shrink for a negative one.
+    """
+    if _check_normalization(normalization) == "length":
+        return float(length) ** length_penalty
     return ((5.0 + length) / 6.0) ** length_penalty
 
 
@@ -282,7 +309,9 @@ class _Hypotheses:
         return self.items[0]
 
 
-def _best_open_bound(open_sum: float, length: int, max_len: int, length_penalty: float) -> float:
+def _best_open_bound(
+    open_sum: float, length: int, max_len: int, length_penalty: float, normalization: str
+) -> float:
     """Upper bound on the penalised score any continuation of an open beam can reach.
 
     The open beam has ``length`` tokens and summed log-probability ``open_sum <= 0``; a
@@ -294,7 +323,7 @@ def _best_open_bound(open_sum: float, length: int, max_len: int, length_penalty:
     if open_sum == -math.inf:
         return -math.inf
     best_len = max_len if length_penalty > 0 else min(length + 1, max_len)
-    return open_sum / length_penalty_factor(best_len, length_penalty)
+    return open_sum / length_penalty_factor(best_len, length_penalty, normalization)
 
 
 @torch.no_grad()
@@ -310,6 +339,7 @@ def beam_search(
     *,
     pad: int = PAD,
     device: torch.device | str | None = None,
+    length_normalization: str = "gnmt",
 ) -> tuple[Tensor, Tensor]:
     """Beam search with finished-hypothesis bookkeeping and the GNMT length penalty.
 
@@ -337,6 +367,8 @@ def beam_search(
             ``L`` the generated length including EOS.
         pad: token written after EOS (done items are fed ``pad`` until the search stops).
         device: device of the tokens; default that of the first tensor in ``state``.
+        length_normalization: ``"gnmt"`` or ``"length"`` (``sum log p / L ** lp``, Hugging
+            Face's), see :func:`length_penalty_factor`.
 
     Returns:
         ``tokens`` ``(batch_size, n)`` int64: the best hypothesis of each item, without
@@ -349,6 +381,7 @@ def beam_search(
     check_positive(beam_width, "beam_width")
     if not math.isfinite(length_penalty):
         raise ValueError(f"`length_penalty` must be finite, got {length_penalty}")
+    normalization = _check_normalization(length_normalization)
     device = _resolve_device(state, device)
     k = beam_width
     n_rows = batch_size * k
@@ -393,7 +426,7 @@ def beam_search(
                 if token == eos:
                     # An EOS below the top k ranks would displace a better open beam.
                     if rank < k:
-                        score = total / length_penalty_factor(length, length_penalty)
+                        score = total / length_penalty_factor(length, length_penalty, normalization)
                         hypotheses[b].add(score, [*histories[b][source], eos])
                     continue
                 slot = len(new_histories)
@@ -408,7 +441,7 @@ def beam_search(
             if best_open == -math.inf:
                 done[b] = True  # nothing left to extend
             elif hypotheses[b].full():
-                bound = _best_open_bound(best_open, length, max_len, length_penalty)
+                bound = _best_open_bound(best_open, length, max_len, length_penalty, normalization)
                 done[b] = hypotheses[b].worst() >= bound
             if done[b]:
                 next_sums[b] = [-math.inf] * k
@@ -429,7 +462,7 @@ def beam_search(
             for slot in range(k):
                 total = float(beam_sums[b, slot])
                 if total > -math.inf:
-                    score = total / length_penalty_factor(max_len, length_penalty)
+                    score = total / length_penalty_factor(max_len, length_penalty, normalization)
                     hypotheses[b].add(score, histories[b][slot])
 
     best_scores, best_tokens = [], []
@@ -524,7 +557,9 @@ class GenerationOptions:
         repetition_penalty: CTRL's rule (:func:`apply_repetition_penalty`) on every token
             already in a row (the prompt's real tokens and the generated ones).
         num_beams: beam width; 1 = no beam search.
-        length_penalty: beam search's GNMT exponent (:func:`beam_search`).
+        length_penalty: beam search's length exponent (:func:`beam_search`).
+        length_normalization: ``"gnmt"`` (``((5 + L) / 6) ** length_penalty``) or
+            ``"length"`` (``L ** length_penalty``, Hugging Face's rule).
     """
 
     max_new_tokens: int = 20
@@ -536,6 +571,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     num_beams: int = 1
     length_penalty: float = 1.0
+    length_normalization: str = "gnmt"
 
     def __post_init__(self) -> None:
         _check_count(self.max_new_tokens, "max_new_tokens")
@@ -553,6 +589,7 @@ class GenerationOptions:
             raise ValueError(f"`do_sample=True` needs `num_beams=1`, got {self.num_beams}")
         if not math.isfinite(self.length_penalty):
             raise ValueError(f"`length_penalty` must be finite, got {self.length_penalty}")
+        _check_normalization(self.length_normalization)
 
     def warp(self, scores: Tensor) -> Tensor:
         """Sampling's temperature, then top-k, then top-p, on ``(N, vocab)`` scores."""
@@ -656,6 +693,7 @@ def generate_tokens(
             length_penalty=options.length_penalty,
             pad=pad,
             device=device,
+            length_normalization=options.length_normalization,
         )
         return new
 
@@ -669,14 +707,190 @@ def generate_tokens(
     return _decode(processed_step, wrapped, first, eos, pad, options.max_new_tokens, choose)
 
 
+# ---------------------------------------------------------------------------------------
+# generate(): the one entry point of every language model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GenerationStart:
+    """How a model's decoding starts: what :meth:`GenerationMixin.generate` needs from it.
+
+    Attributes:
+        step: ``(prev_tokens (N,), state) -> (logits (N, vocab), new_state)``, as
+            :func:`generate_tokens` takes it.
+        state: the initial state, batch-first tensors ``(batch, ...)``.
+        history: ``(batch, n)`` int64, the ids the repetition penalty counts at the start.
+        prefix: ``(batch, m)`` int64, returned before the generated tokens (the prompt, or
+            a decoder's start token).
+        eos: the model's end-of-sequence id (None: none).
+        pad: the model's padding id (None: none; EOS is then written after EOS).
+        start: the token fed to the first call of ``step``; None for a model that starts
+            from its prompt and ignores it.
+        history_mask: ``(batch, n)`` bool, True = a real token of ``history`` (default all).
+    """
+
+    step: StepFn
+    state: State
+    history: Tensor
+    prefix: Tensor
+    eos: int | None
+    pad: int | None
+    start: int | None = None
+    history_mask: Tensor | None = None
+
+
+def resolve_special_tokens(
+    eos_token_id: int | None,
+    pad_token_id: int | None,
+    default_eos: int | None,
+    default_pad: int | None,
+) -> tuple[int | None, int]:
+    """The ``(eos, pad)`` of a generation, as Hugging Face resolves them.
+
+    ``eos_token_id`` and ``pad_token_id`` (the caller's) win over the model's defaults;
+    without any padding id, EOS is written after EOS. ``eos`` None = no stopping.
+    """
+    eos = default_eos if eos_token_id is None else eos_token_id
+    pad = default_pad if pad_token_id is None else pad_token_id
+    pad = eos if pad is None else pad
+    if pad is None:
+        raise ValueError("`pad_token_id` is required when the model has no eos/pad token id")
+    if eos is not None:
+        _check_token(eos, "eos_token_id")
+    return eos, _check_token(pad, "pad_token_id")
+
+
+def check_generation_length(prompt_len: int, max_new_tokens: int, limit: int, what: str) -> None:
+    """A model with ``limit`` positions (``what`` names the limit) can hold a prompt of
+    ``prompt_len`` tokens and ``max_new_tokens`` more; a ``ValueError`` if not."""
+    if prompt_len + max_new_tokens > limit:
+        raise ValueError(
+            f"`max_new_tokens` ({max_new_tokens}) + prompt length ({prompt_len}) must be <= "
+            f"{what} ({limit})"
+        )
+
+
+def check_unpadded_prompt(input_ids: Tensor, attention_mask: Tensor | None, model: str) -> None:
+    """For a model whose Hugging Face ``generate`` ignores ``attention_mask``: the prompts
+    ``input_ids`` ``(batch, n)`` must be unpadded (the mask, if given, all real)."""
+    check_rank(input_ids, 2, "input_ids", "(batch, n)")
+    mask = hf_attention_mask(attention_mask, input_ids.shape)
+    if mask is not None and not bool(mask.all()):
+        raise ValueError(
+            f"`attention_mask`: {model} generate takes unpadded prompts only (as Hugging "
+            f"Face, whose {model} generate ignores the mask); got {int((~mask).sum())} "
+            "padded positions: generate each prompt length separately"
+        )
+
+
+class GenerationMixin(abc.ABC):
+    """Hugging Face-style ``generate`` for a language model that defines
+    :meth:`_begin_generation` (its initial state and step function)."""
+
+    @abc.abstractmethod
+    def _begin_generation(self, *args: Any, **kwargs: Any) -> GenerationStart:
+        """``(input_ids (batch, n), attention_mask (batch, n) or None, options, **the
+        model's own keywords) -> GenerationStart``: check the prompt and say how decoding
+        starts."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int = 20,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        length_normalization: str = "gnmt",
+        **model_inputs: Any,
+    ) -> Tensor:
+        """Greedy search (default), sampling or beam search, with Hugging Face's options.
+
+        Logits are processed as in Hugging Face: repetition penalty, then EOS suppression
+        before ``min_new_tokens``, then (sampling) temperature, top-k, top-p; beam search
+        applies the first two to the log-probabilities (:func:`generate_tokens`).
+
+        Args:
+            input_ids: ``(batch, n)`` the prompts (an encoder-decoder: the sources).
+            attention_mask: ``(batch, n)`` 1/True = real token (bool or 0/1); what padding
+                a model accepts is in its ``_begin_generation``.
+            max_new_tokens: the most tokens generated per row.
+            min_new_tokens: EOS is forbidden before this many tokens.
+            do_sample: sample instead of taking the argmax (``num_beams`` must be 1).
+            temperature: logits are divided by it when sampling (> 0).
+            top_k: keep the ``top_k`` most probable tokens when sampling.
+            top_p: nucleus sampling, keep the smallest set with probability >= ``top_p``.
+            repetition_penalty: CTRL's rule (Keskar et al. 2019) on every token already in
+                a row: a positive logit is divided by it, a negative one multiplied.
+            num_beams: beam width; 1 = no beam search.
+            length_penalty: beam search's length exponent (:func:`beam_search`); 0 ranks by
+                the summed log-probability.
+            eos_token_id: stop a row after it; default the model's (None: no stopping
+                before ``max_new_tokens``).
+            pad_token_id: written after EOS; default the model's padding id, else EOS.
+            generator: random generator for sampling (reproducible draws).
+            length_normalization: ``"gnmt"`` (default) or ``"length"`` (Hugging Face's
+                ``L ** length_penalty``), see :func:`length_penalty_factor`.
+            **model_inputs: the model's own inputs (e.g. XLM's ``langs`` and ``lang_id``,
+                the encoder-decoder's ``use_cache``), see its ``_begin_generation``.
+
+        Returns:
+            ``(batch, m + n_new)`` int64: the model's prefix (the prompt; an
+            encoder-decoder's start token), then the generated tokens, the padding id after
+            a row's EOS; ``n_new <= max_new_tokens``.
+        """
+        options = GenerationOptions(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            num_beams=num_beams,
+            length_penalty=length_penalty,
+            length_normalization=length_normalization,
+        )
+        begin = self._begin_generation(input_ids, attention_mask, options, **model_inputs)
+        eos, pad = resolve_special_tokens(eos_token_id, pad_token_id, begin.eos, begin.pad)
+        new = generate_tokens(
+            begin.step,
+            begin.state,
+            pad if begin.start is None else begin.start,
+            history=begin.history,
+            history_mask=begin.history_mask,
+            eos=eos,
+            pad=pad,
+            options=options,
+            generator=generator,
+        )
+        return torch.cat([begin.prefix, new], dim=1)
+
+
 __all__ = [
+    "LENGTH_NORMALIZATIONS",
+    "GenerationMixin",
     "GenerationOptions",
+    "GenerationStart",
     "apply_repetition_penalty",
     "beam_search",
+    "check_generation_length",
+    "check_unpadded_prompt",
     "generate_tokens",
     "greedy_search",
     "length_penalty_factor",
     "reorder_state",
+    "resolve_special_tokens",
     "top_k_filter",
     "top_p_filter",
 ]

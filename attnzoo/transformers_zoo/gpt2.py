@@ -55,7 +55,12 @@ from torch import Tensor, nn
 from ..attention.validation import check_int, check_probability, check_rank
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, rename_keys
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
-from .generation import GenerationOptions, generate_tokens
+from .generation import (
+    GenerationMixin,
+    GenerationOptions,
+    GenerationStart,
+    check_generation_length,
+)
 from .layers import LayerCache
 from .stacks import StackConfig, TransformerDecoder, set_gradient_checkpointing
 
@@ -477,8 +482,11 @@ class GPT2Model(PretrainedMixin, nn.Module):
         )
 
 
-class GPT2LMHeadModel(PretrainedMixin, nn.Module):
+class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
     """GPT-2 with its language-model head (``lm_head``, tied to ``word_embeddings``).
+
+    ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
+    continues LEFT-padded prompts with one cached forward per new token.
 
     Parameters: ``transformer`` (:class:`GPT2Model`) and ``lm_head`` (no bias; the same
     tensor as ``transformer.word_embeddings.weight``).
@@ -581,81 +589,19 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
             attentions=out.attentions,
         )
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        max_new_tokens: int = 20,
-        min_new_tokens: int = 0,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        repetition_penalty: float = 1.0,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        eos_token_id: int | None = None,
-        pad_token_id: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue the prompts ``input_ids`` ``(batch, n)``; one forward per new token.
+    def _begin_generation(
+        self, input_ids: Tensor, attention_mask: Tensor | None, options: GenerationOptions
+    ) -> GenerationStart:
+        """Generation's start (:meth:`GenerationMixin.generate`): one forward per new token.
 
-        Greedy (default), sampling (``do_sample``, with ``temperature``, ``top_k``,
-        ``top_p``) or beam search (``num_beams > 1``, through
-        :func:`~attnzoo.transformers_zoo.generation.beam_search`). Logits are processed as
-        in Hugging Face: repetition penalty, then EOS suppression before
-        ``min_new_tokens``, then (sampling) temperature, top-k, top-p. Beam search applies
-        the first two to the log-probabilities, as Hugging Face does.
-
-        Args:
-            input_ids: prompts ``(batch, n)``; a batch of unequal prompts must be LEFT-padded.
-            attention_mask: ``(batch, n)`` 1/True = real token (bool or 0/1); default all real.
-            max_new_tokens: the most tokens generated per row.
-            min_new_tokens: EOS is forbidden before this many tokens.
-            do_sample: sample instead of taking the argmax (``num_beams`` must be 1).
-            temperature: logits are divided by it when sampling (> 0).
-            top_k: keep the ``top_k`` most probable tokens when sampling.
-            top_p: nucleus sampling, keep the smallest set with probability >= ``top_p``.
-            repetition_penalty: CTRL's rule (Keskar et al. 2019) on every token already in a
-                row (real prompt tokens and generated ones): a positive logit is divided
-                by it, a negative one multiplied.
-            num_beams: beam width; 1 = no beam search.
-            length_penalty: beam search's GNMT exponent (see
-                :func:`~attnzoo.transformers_zoo.generation.beam_search`); 0 ranks by the
-                summed log-probability.
-            eos_token_id: stop a row after it; default ``config.eos_token_id`` (None: no
-                stopping before ``max_new_tokens``).
-            pad_token_id: written after EOS; default ``config.pad_token_id``, else EOS.
-            generator: random generator for sampling (reproducible draws).
-
-        Returns:
-            ``(batch, n + n_new)`` int64: the prompts followed by the generated tokens,
-            ``pad_token_id`` after a row's EOS; ``n_new <= max_new_tokens``.
+        A batch of unequal prompts ``input_ids`` ``(batch, n)`` must be LEFT-padded, with
+        ``attention_mask`` ``(batch, n)`` 1/True = real token; positions count real tokens
+        only, as in Hugging Face. Returns the prompt followed by the generated tokens; EOS
+        and padding default to ``config.eos_token_id`` and ``config.pad_token_id``.
         """
         check_rank(input_ids, 2, "input_ids", "(batch, n)")
         batch, n = input_ids.shape
-        options = GenerationOptions(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-        )
-        if n + max_new_tokens > self.config.n_positions:
-            raise ValueError(
-                f"`max_new_tokens` ({max_new_tokens}) + prompt length ({n}) must be <= "
-                f"n_positions ({self.config.n_positions})"
-            )
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = self.config.pad_token_id if pad_token_id is None else pad_token_id
-        pad = eos if pad is None else pad
-        if pad is None:
-            raise ValueError("`pad_token_id` is required when the model has no eos/pad token id")
+        check_generation_length(n, options.max_new_tokens, self.config.n_positions, "n_positions")
         if attention_mask is None:
             mask = torch.ones_like(input_ids, dtype=torch.bool)
         else:
@@ -671,18 +617,15 @@ class GPT2LMHeadModel(PretrainedMixin, nn.Module):
             "mask": mask,
             "positions": position_ids_from_attention_mask(mask),
         }
-        new = generate_tokens(
-            self._step,
-            state,
-            pad,  # ignored: the first step reads the prompt
+        return GenerationStart(
+            step=self._step,
+            state=state,
             history=input_ids,
             history_mask=mask,
-            eos=eos,
-            pad=pad,
-            options=options,
-            generator=generator,
+            prefix=input_ids,
+            eos=self.config.eos_token_id,
+            pad=self.config.pad_token_id,
         )
-        return torch.cat([input_ids, new], dim=1)
 
     def _step(self, prev_tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict]:
         """One forward: the whole prompt first (empty cache), then the previous token.

@@ -60,9 +60,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention.validation import check_probability, check_rank, check_tensor, check_token_ids
+from ..attention.validation import (
+    check_int,
+    check_probability,
+    check_rank,
+    check_tensor,
+    check_token_ids,
+)
 from .checkpoints import PretrainedMixin, hf_attention_mask
 from .embeddings import Embeddings, sinusoidal_table
+from .generation import (
+    GenerationMixin,
+    GenerationOptions,
+    GenerationStart,
+    check_generation_length,
+    check_unpadded_prompt,
+)
 from .layers import EncoderLayer
 from .stacks import run_layer, set_gradient_checkpointing
 
@@ -529,9 +542,14 @@ class XLMModel(PretrainedMixin, nn.Module):
         }
 
 
-class XLMWithLMHeadModel(PretrainedMixin, nn.Module):
+class XLMWithLMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
     """XLM with its masked/causal language-modelling head (Hugging Face
     ``XLMWithLMHeadModel``).
+
+    ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
+    decodes as Hugging Face's XLM does: every step appends ``config.mask_token_id`` to the
+    sequence, runs the whole sequence (XLM has no cache) and predicts the token at that
+    position; see :meth:`_begin_generation` for ``langs`` and ``lang_id``.
 
     Args:
         config: an :class:`XLMConfig`.
@@ -606,6 +624,92 @@ class XLMWithLMHeadModel(PretrainedMixin, nn.Module):
         return XLMLMOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
+
+    def _begin_generation(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        options: GenerationOptions,
+        langs: Tensor | None = None,
+        lang_id: int | None = None,
+    ) -> GenerationStart:
+        """Generation's start: unpadded prompts, languages, EOS ``eos_index``, padding
+        ``pad_index`` (Hugging Face's ``eos_token_id`` and ``pad_token_id`` of XLM).
+
+        Hugging Face's XLM ``generate`` drops ``attention_mask`` and reads each row's length
+        from its ``pad_index`` tokens, so a padded prompt is refused: a mask with padding,
+        or ``pad_index`` in ``input_ids``, is a ``ValueError``.
+
+        Args:
+            input_ids: ``(batch, n)`` prompts.
+            attention_mask: ``(batch, n)``, all real tokens (or None).
+            options: the generation options (for the length check).
+            langs: ``(batch, n)`` language ids of the prompt (a model without language
+                embeddings ignores them); default ``lang_id`` everywhere, as Hugging Face.
+            lang_id: the language of the generated tokens and of the appended mask token;
+                default ``config.lang_id``. Required with ``langs`` (when the model has
+                language embeddings).
+        """
+        config = self.config
+        check_unpadded_prompt(input_ids, attention_mask, "XLM")
+        check_token_ids(input_ids, config.vocab_size, "input_ids")
+        if bool((input_ids == config.pad_index).any()):
+            raise ValueError(
+                f"`input_ids` must not hold pad_index ({config.pad_index}): XLM reads a row's "
+                "length from its padding, so XLM generate takes unpadded prompts only"
+            )
+        if config.mask_token_id is None:
+            raise ValueError("`config.mask_token_id` must be set for XLM generate, got None")
+        check_generation_length(
+            input_ids.shape[1],
+            options.max_new_tokens,
+            config.max_position_embeddings,
+            "max_position_embeddings",
+        )
+        lang_id = config.lang_id if lang_id is None else lang_id
+        uses_langs = config.has_lang_embeddings and (langs is not None or lang_id is not None)
+        if uses_langs:
+            if lang_id is None:
+                raise ValueError("`lang_id` (the language of the generated tokens) is required")
+            check_int(lang_id, "lang_id", minimum=0)
+            if lang_id >= config.n_langs:
+                raise ValueError(f"`lang_id` must be in [0, {config.n_langs}), got {lang_id}")
+            if langs is None:
+                langs = torch.full_like(input_ids, lang_id)
+            else:
+                _check_like(langs, input_ids, "langs")
+                check_token_ids(langs, config.n_langs, "langs")
+        state = {
+            "tokens": input_ids,
+            "langs": langs if uses_langs else None,
+            "lang_id": lang_id,
+            "first": True,
+        }
+        return GenerationStart(
+            step=self._generation_step,
+            state=state,
+            history=input_ids,
+            prefix=input_ids,
+            eos=config.eos_index,
+            pad=config.pad_index,
+        )
+
+    def _generation_step(
+        self, prev_tokens: Tensor, state: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Append the previous token (not at the first step), then the mask token, run the
+        whole sequence and return the mask position's logits ``(N, vocab_size)``."""
+        tokens, langs = state["tokens"], state["langs"]
+        if not state["first"]:
+            tokens = torch.cat([tokens, prev_tokens[:, None]], dim=1)
+            if langs is not None:
+                langs = F.pad(langs, (0, 1), value=state["lang_id"])
+        masked = F.pad(tokens, (0, 1), value=self.config.mask_token_id)
+        masked_langs = None if langs is None else F.pad(langs, (0, 1), value=state["lang_id"])
+        # No attention_mask: the lengths come from pad_index, as in Hugging Face's generate.
+        hidden = self.transformer(masked, langs=masked_langs).last_hidden_state
+        logits = self.pred_layer(hidden[:, -1])
+        return logits, {**state, "tokens": tokens, "langs": langs, "first": False}
 
     @classmethod
     def config_from_hf(cls, hf: dict[str, Any]) -> XLMConfig:

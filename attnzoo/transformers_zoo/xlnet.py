@@ -83,6 +83,7 @@ from ..attention.relative import sinusoidal_relative_encoding
 from ..attention.validation import check_probability, check_rank, check_tensor, check_token_ids
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .feed_forward import FeedForward
+from .generation import GenerationMixin, GenerationOptions, GenerationStart, check_unpadded_prompt
 from .stacks import run_layer, set_gradient_checkpointing
 
 IGNORE_INDEX = -100
@@ -657,8 +658,17 @@ class XLNetModel(XLNetPreTrainedModel):
         }
 
 
-class XLNetLMHeadModel(XLNetPreTrainedModel):
+class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
     """XLNet with its language-modelling head (Hugging Face ``XLNetLMHeadModel``).
+
+    ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
+    decodes as Hugging Face's XLNet does: every step appends a dummy token (id 0) that
+    ``perm_mask`` hides from every position and predicts it through the query stream
+    (``target_mapping`` selects it). This model has no recurrence memory, so every step
+    runs the whole sequence: the tokens of Hugging Face's ``generate(..., use_mems=False)``.
+    Hugging Face's default reuses ``mems`` (earlier positions' hidden states frozen from
+    the step that computed them, without the tokens generated since), an approximation
+    that can pick other tokens.
 
     Args:
         config: an :class:`XLNetConfig`.
@@ -729,6 +739,43 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
         return XLNetLMHeadModelOutput(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
+
+    def _begin_generation(
+        self, input_ids: Tensor, attention_mask: Tensor | None, options: GenerationOptions
+    ) -> GenerationStart:
+        """Generation's start: unpadded prompts ``input_ids`` ``(batch, n)`` (Hugging Face's
+        XLNet ``generate`` ignores ``attention_mask``, so a mask with padding is a
+        ``ValueError``); EOS and padding default to ``config.eos_token_id`` and
+        ``config.pad_token_id``. ``options`` is unused: relative positions set no length
+        limit."""
+        check_unpadded_prompt(input_ids, attention_mask, "XLNet")
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        return GenerationStart(
+            step=self._generation_step,
+            state={"tokens": input_ids, "first": True},
+            history=input_ids,
+            prefix=input_ids,
+            eos=self.config.eos_token_id,
+            pad=self.config.pad_token_id,
+        )
+
+    def _generation_step(
+        self, prev_tokens: Tensor, state: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Append the previous token (not at the first step) and the hidden dummy token,
+        run the whole sequence and return the dummy's logits ``(N, vocab_size)``."""
+        tokens = state["tokens"]
+        if not state["first"]:
+            tokens = torch.cat([tokens, prev_tokens[:, None]], dim=1)
+        batch, n = tokens.shape
+        ids = F.pad(tokens, (0, 1), value=0)
+        hidden_dummy = torch.zeros(batch, n + 1, n + 1, dtype=torch.bool, device=ids.device)
+        hidden_dummy[:, :, -1] = True
+        target_mapping = torch.zeros(batch, 1, n + 1, device=ids.device)
+        target_mapping[:, 0, -1] = 1.0
+        out = self.transformer(ids, perm_mask=hidden_dummy, target_mapping=target_mapping)
+        logits = self.lm_loss(out.last_hidden_state[:, 0])
+        return logits, {"tokens": tokens, "first": False}
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
