@@ -29,6 +29,7 @@ Stands on :mod:`attnzoo.attention`.
 """
 
 from .act import ACT, ACTConfig, ACTOutput
+from .adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax
 from .albert import AlbertConfig, AlbertForPreTraining, AlbertModel
 from .bert import (
     BertConfig,
@@ -160,6 +161,8 @@ __all__ = [
     "ACTOutput",
     "AWDLSTMConfig",
     "AWDLSTMLanguageModel",
+    "AdaptiveEmbedding",
+    "AdaptiveSoftmax",
     "AdaptiveSpanConfig",
     "AlbertConfig",
     "AlbertForPreTraining",

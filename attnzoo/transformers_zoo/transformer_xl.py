@@ -20,14 +20,17 @@ full-context pass computes; with a shorter memory each layer sees at most ``mem_
 positions before the segment, and the stack's reach grows with depth
 (``depth * mem_len``), as in the paper.
 
-Differences from the original model, for a small readable one: a plain softmax output
-layer (tied to the input embedding by default) instead of the adaptive softmax; no
-``clamp_len``/``same_length`` evaluation options; projections with biases
+The output layer is a plain softmax tied to the input embedding by default; with
+``cutoffs`` set, the model uses the paper's adaptive input embedding and projected adaptive
+softmax (:mod:`attnzoo.transformers_zoo.adaptive_softmax`), optionally tied
+(``tie_weights``, ``tie_projs``). Differences from the original model, for a small readable
+one: no ``clamp_len``/``same_length`` evaluation options; projections with biases
 (``bias=True``, configurable).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +46,7 @@ from ..attention.validation import (
     check_size,
     check_tensor,
 )
+from .adaptive_softmax import AdaptiveEmbedding, AdaptiveSoftmax, cluster_bounds, cluster_widths
 from .embeddings import TokenEmbedding
 from .feed_forward import ACTIVATIONS, FeedForward
 
@@ -66,7 +70,15 @@ class TransformerXLConfig:
         normalizer: attention normaliser (registry name), e.g. ``"softmax"``, ``"entmax15"``.
         alpha: the exponent of ``normalizer="entmax"``.
         bias: biases in the attention projections.
-        tie_weights: output layer shares the input embedding matrix.
+        tie_weights: output layer shares the input embedding matrix (with ``cutoffs``:
+            every cluster's table).
+        cutoffs: None (default) for a plain embedding and full softmax; else the cluster
+            boundaries of an adaptive input embedding and adaptive softmax, strictly
+            increasing in ``[1, vocab_size)``, ids ranked by frequency.
+        div_val: with ``cutoffs``: cluster ``i`` has width ``embed_dim // div_val ** i``.
+        embed_dim: with ``cutoffs``: width of cluster 0; default ``dim``.
+        tie_projs: with ``cutoffs``: the output layer shares the embedding's projections
+            (one bool, or one per cluster as Transformer-XL's ``tie_projs``).
     """
 
     vocab_size: int = 256
@@ -84,6 +96,10 @@ class TransformerXLConfig:
     alpha: float | None = None
     bias: bool = True
     tie_weights: bool = True
+    cutoffs: Sequence[int] | None = None
+    div_val: float = 1
+    embed_dim: int | None = None
+    tie_projs: bool | Sequence[bool] = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "heads", "depth"):
@@ -106,6 +122,28 @@ class TransformerXLConfig:
             )
         if not self.layer_norm_eps > 0:
             raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps}")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        if self.cutoffs is None:
+            if self.embed_dim is not None or self.div_val != 1:
+                raise ValueError(
+                    "`embed_dim` and `div_val` apply only with `cutoffs`, got "
+                    f"embed_dim={self.embed_dim}, div_val={self.div_val} and cutoffs=None"
+                )
+            return
+        bounds = cluster_bounds(self.vocab_size, self.cutoffs)
+        self.cutoffs = tuple(self.cutoffs)
+        cluster_widths(
+            self.dim if self.embed_dim is None else self.embed_dim, self.div_val, len(bounds) - 1
+        )
+        if not isinstance(self.tie_projs, bool):
+            self.tie_projs = tuple(self.tie_projs)
+            if len(self.tie_projs) != len(bounds) - 1:
+                raise ValueError(
+                    f"`tie_projs` must be a bool or one per cluster ({len(bounds) - 1}), "
+                    f"got {len(self.tie_projs)}"
+                )
 
 
 @dataclass
@@ -130,12 +168,14 @@ class TransformerXLLMOutput:
     """What :class:`TransformerXLLMHeadModel` returns.
 
     Attributes:
-        logits: ``(batch, n, vocab_size)``.
+        logits: ``(batch, n, vocab_size)``. With an adaptive softmax (``cutoffs``): the
+            full log-probabilities, and None when ``labels`` are given (the loss scores only
+            each target's cluster and never builds them).
         loss: with ``labels``: mean next-token cross-entropy over labels != -100.
         mems, attentions: as in :class:`TransformerXLOutput`.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     loss: Tensor | None = None
     mems: list[Tensor] | None = None
     attentions: tuple[Tensor, ...] | None = None
@@ -195,7 +235,8 @@ class TransformerXLLayer(nn.Module):
 class TransformerXLModel(nn.Module):
     """The Transformer-XL stack: embedding, layers with memory, final norm (pre-LN only).
 
-    Parameters: ``embedding`` (:class:`TokenEmbedding`, scaled by ``sqrt(dim)``),
+    Parameters: ``embedding`` (:class:`TokenEmbedding`, or :class:`AdaptiveEmbedding` with
+    ``cutoffs``; scaled by ``sqrt(dim)``),
     ``layers.{i}.*`` (:class:`TransformerXLLayer`), ``norm`` (pre-LN only).
     """
 
@@ -204,8 +245,14 @@ class TransformerXLModel(nn.Module):
         if not isinstance(config, TransformerXLConfig):
             raise TypeError(f"`config` must be a TransformerXLConfig, got {type(config).__name__}")
         self.config = config
-        self.embedding = TokenEmbedding(config.vocab_size, config.dim, scale=True)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.embedding: TokenEmbedding | AdaptiveEmbedding
+        if config.cutoffs is not None:
+            self.embedding = AdaptiveEmbedding(
+                config.vocab_size, config.dim, config.cutoffs, config.embed_dim, config.div_val
+            )
+        else:
+            self.embedding = TokenEmbedding(config.vocab_size, config.dim, scale=True)
+            nn.init.normal_(self.embedding.weight, std=0.02)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(TransformerXLLayer(config) for _ in range(config.depth))
         self.norm = (
@@ -292,7 +339,7 @@ class TransformerXLModel(nn.Module):
             raise ValueError(
                 f"`mems` must hold one tensor per layer ({len(self.layers)}), got {len(mems)}"
             )
-        dtype = self.embedding.weight.dtype
+        dtype = next(self.embedding.parameters()).dtype
         for i, mem in enumerate(mems):
             check_tensor(mem, f"mems[{i}]")
             check_rank(mem, 3, f"mems[{i}]", "(batch, m, dim)")
@@ -305,17 +352,28 @@ class TransformerXLModel(nn.Module):
 class TransformerXLLMHeadModel(nn.Module):
     """Transformer-XL with a softmax output layer over the vocabulary.
 
-    Parameters: ``transformer.*`` (:class:`TransformerXLModel`) and ``lm_head`` (its
-    weight is ``transformer.embedding.weight`` when ``tie_weights``).
+    Parameters: ``transformer.*`` (:class:`TransformerXLModel`) and ``lm_head``: a linear
+    layer whose weight is ``transformer.embedding.weight`` when ``tie_weights``, or with
+    ``cutoffs`` an :class:`AdaptiveSoftmax` tied to the adaptive embedding by
+    ``tie_weights`` and ``tie_projs``.
     """
 
     def __init__(self, config: TransformerXLConfig) -> None:
         super().__init__()
         self.config = config
         self.transformer = TransformerXLModel(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_weights:
-            self.lm_head.weight = self.transformer.embedding.weight
+        self.lm_head: nn.Linear | AdaptiveSoftmax
+        embedding = self.transformer.embedding
+        if isinstance(embedding, AdaptiveEmbedding):
+            assert config.cutoffs is not None
+            self.lm_head = AdaptiveSoftmax(
+                config.vocab_size, config.dim, config.cutoffs, config.embed_dim, config.div_val
+            )
+            self.lm_head.tie_to(embedding, config.tie_weights, config.tie_projs)
+        else:
+            self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+            if config.tie_weights:
+                self.lm_head.weight = embedding.weight
 
     def forward(
         self,
@@ -335,17 +393,26 @@ class TransformerXLLMHeadModel(nn.Module):
             output_attentions: also return every layer's weights.
         """
         out = self.transformer(input_ids, mems=mems, output_attentions=output_attentions)
-        logits = self.lm_head(out.last_hidden_state)
-        loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(
-                    f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                    f"got {tuple(labels.shape)}"
-                )
-            loss = F.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        hidden = out.last_hidden_state
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                f"got {tuple(labels.shape)}"
             )
+        logits, loss = None, None
+        if isinstance(self.lm_head, AdaptiveSoftmax):
+            if labels is None:
+                logits = self.lm_head.log_prob(hidden)
+            else:
+                loss = self.lm_head(hidden[:, :-1], labels[:, 1:], reduction="mean")
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss = F.cross_entropy(
+                    logits[:, :-1].float().flatten(0, 1),
+                    labels[:, 1:].flatten(),
+                    ignore_index=-100,
+                )
         return TransformerXLLMOutput(
             logits=logits, loss=loss, mems=out.mems, attentions=out.attentions
         )
@@ -354,9 +421,13 @@ class TransformerXLLMHeadModel(nn.Module):
         self, input_ids: Tensor, segment_len: int, mems: list[Tensor] | None = None
     ) -> TransformerXLLMOutput:
         """Logits ``(batch, n, vocab_size)`` of a long sequence evaluated segment by segment
-        (see :meth:`TransformerXLModel.forward_segments`), and the final memory."""
+        (see :meth:`TransformerXLModel.forward_segments`; log-probabilities with ``cutoffs``),
+        and the final memory."""
         out = self.transformer.forward_segments(input_ids, segment_len, mems)
-        return TransformerXLLMOutput(logits=self.lm_head(out.last_hidden_state), mems=out.mems)
+        hidden = out.last_hidden_state
+        head = self.lm_head
+        logits = head.log_prob(hidden) if isinstance(head, AdaptiveSoftmax) else head(hidden)
+        return TransformerXLLMOutput(logits=logits, mems=out.mems)
 
 
 __all__ = [

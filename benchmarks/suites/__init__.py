@@ -24,6 +24,7 @@ SUITES: tuple[str, ...] = (
     "gpt2_generate",
     "compression",
     "positional",
+    "adaptive_softmax",
 )
 
 
