@@ -69,7 +69,13 @@ from .pooling import AttentionPooling
 from .positional import ALiBi, RotaryEmbedding, alibi_bias, alibi_slopes, apply_rotary
 from .product_key import MemoryUsage, ProductKeyMemory, memory_usage
 from .relative import RelativeMultiHeadAttention, rel_shift, sinusoidal_relative_encoding
-from .rnn_attention import AttentionalHidden, BahdanauAttention, LocalAttention, LuongAttention
+from .rnn_attention import (
+    AttentionalHidden,
+    BahdanauAttention,
+    LocalAttention,
+    LocalWindow,
+    LuongAttention,
+)
 from .scores import (
     SCORE_NAMES,
     AdditiveScore,
@@ -117,6 +123,7 @@ __all__ = [
     "KVCache",
     "LSHAttention",
     "LocalAttention",
+    "LocalWindow",
     "LuongAttention",
     "MemoryUsage",
     "MovingAverageBaseline",

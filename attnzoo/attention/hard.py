@@ -12,6 +12,12 @@ one of two estimators:
 * ``"gumbel"`` — a Gumbel-softmax sample with temperature ``tau`` (Jang et al. 2017):
   the forward value is one-hot, the gradient is that of the soft sample (straight-through).
 
+With ``"reinforce"``, Xu et al. (section 4.1) further lower the variance by using, with
+probability 0.5 for a given minibatch, the expected context ``sum_s alpha_s keys[s]`` (soft
+attention) instead of a sample: ``expected_context_prob=0.5``. One draw decides for the
+whole forward call; such a call has no REINFORCE term (``log_prob = 0``) and its gradient
+flows through ``alpha`` as in soft attention.
+
 In ``eval()`` the module is deterministic: ``s = argmax alpha`` (ties to the first index).
 Masked positions have ``alpha = 0`` and are never selected; a query with no allowed key
 gets zero weights, a zero context, ``log_prob = 0`` and ``index = -1``.
@@ -45,6 +51,10 @@ class HardAttentionOutput:
             to the score parameters; 0 for an empty row.
         probs: ``(batch, [n_q,] n_k)`` the attention distribution ``alpha``.
         index: ``(batch, [n_q])`` int64 selected position; -1 for an empty row.
+        expected_context: True when this call used the expected context instead of a
+            sample (see ``HardAttention(expected_context_prob=...)``): then ``context`` is
+            ``probs @ keys``, ``weights`` is ``probs``, ``log_prob`` is 0 without gradient
+            and ``index`` is ``argmax probs`` (-1 for an empty row).
     """
 
     context: Tensor
@@ -52,6 +62,7 @@ class HardAttentionOutput:
     log_prob: Tensor
     probs: Tensor
     index: Tensor
+    expected_context: bool = False
 
 
 def _safe_log(probs: Tensor) -> Tensor:
@@ -160,6 +171,21 @@ class MovingAverageBaseline(nn.Module):
         return self.value
 
 
+def _check_expected_context_prob(value: object, estimator: str) -> None:
+    """A number in ``[0, 1]``, above 0 only for the estimator it reduces the variance of."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"`expected_context_prob` must be a float in [0, 1], got {type(value).__name__}"
+        )
+    if not 0 <= value <= 1:  # also rejects NaN
+        raise ValueError(f"`expected_context_prob` must be in [0, 1], got {value}")
+    if value > 0 and estimator != "reinforce":
+        raise ValueError(
+            "`expected_context_prob` > 0 is a variance reduction of the 'reinforce' "
+            f"estimator, got estimator={estimator!r}"
+        )
+
+
 class HardAttention(_ScoredAttention):
     """Hard attention: select one source position per query (Xu et al. 2015).
 
@@ -174,6 +200,10 @@ class HardAttention(_ScoredAttention):
         normalizer: maps scores to the distribution ``alpha`` (registry name or callable).
         normalizer_options: options of a named normaliser.
         baseline_momentum: momentum of the built-in :class:`MovingAverageBaseline`.
+        expected_context_prob: in training with ``"reinforce"``, the probability that a
+            forward call (one minibatch) returns the expected context ``probs @ keys``
+            instead of a sampled key; Xu et al. use 0.5. In ``[0, 1]``; 0 (the default)
+            always samples. Not used in ``eval()`` or with ``"gumbel"``.
 
     Call :meth:`forward` for the selection and :meth:`reinforce_loss` for the REINFORCE
     loss with the module's own baseline.
@@ -190,6 +220,7 @@ class HardAttention(_ScoredAttention):
         normalizer: str | Normalizer = "softmax",
         normalizer_options: Mapping[str, object] | None = None,
         baseline_momentum: float = 0.9,
+        expected_context_prob: float = 0.0,
     ) -> None:
         super().__init__(query_dim, key_dim, normalizer, normalizer_options)
         if estimator not in ESTIMATORS:
@@ -197,8 +228,10 @@ class HardAttention(_ScoredAttention):
         if score not in SCORE_NAMES:
             raise ValueError(f"`score` must be one of {list(SCORE_NAMES)}, got {score!r}")
         check_positive(tau, "tau")
+        _check_expected_context_prob(expected_context_prob, estimator)
         self.estimator = estimator
         self.tau = tau
+        self.expected_context_prob = float(expected_context_prob)
         self.score = make_score(score, query_dim, key_dim, hidden_dim)
         self.baseline = MovingAverageBaseline(baseline_momentum)
 
@@ -217,15 +250,18 @@ class HardAttention(_ScoredAttention):
             keys: ``(batch, n_k, key_dim)``.
             mask: ``(batch, n_k)`` bool, True = may be selected.
             projected_keys: cached :meth:`precompute` output for these keys.
-            generator: optional ``torch.Generator`` for reproducible sampling.
+            generator: optional ``torch.Generator`` for reproducible sampling, and for the
+                draw that picks the expected context (``expected_context_prob``).
         Returns:
             :class:`HardAttentionOutput`.
         """
         query, single, mask, scores = self._prepare(query, keys, mask, projected_keys)
         key_mask = None if mask is None else mask[:, None, :]
         probs = masked_normalize(scores, key_mask, self.normalize)  # (batch, n_q, n_k)
-        log_probs = _safe_log(probs)
         has_key = probs.detach().sum(dim=-1) > 0  # (batch, n_q)
+        if self._draws_expected_context(generator):
+            return self._expected_output(probs, has_key, keys, mask, single)
+        log_probs = _safe_log(probs)
 
         if self.training and self.estimator == "gumbel":
             weights = gumbel_softmax(log_probs, tau=self.tau, hard=True, generator=generator)
@@ -242,6 +278,31 @@ class HardAttention(_ScoredAttention):
         if single:
             log_prob, probs, index = log_prob.squeeze(1), probs.squeeze(1), index.squeeze(1)
         return HardAttentionOutput(context, weights, log_prob, probs, index)
+
+    def _draws_expected_context(self, generator: torch.Generator | None) -> bool:
+        """One draw per call: whether this minibatch uses the expected context.
+
+        No random number is consumed unless ``0 < expected_context_prob < 1``, so the
+        default leaves the sampling stream exactly as it was.
+        """
+        prob = self.expected_context_prob
+        if not self.training or self.estimator != "reinforce" or prob == 0:
+            return False
+        if prob == 1:
+            return True
+        device = None if generator is None else generator.device
+        return bool(torch.rand((), generator=generator, device=device) < prob)
+
+    def _expected_output(
+        self, probs: Tensor, has_key: Tensor, keys: Tensor, mask: Tensor | None, single: bool
+    ) -> HardAttentionOutput:
+        """Soft attention's context ``probs @ keys``, in the form of a hard selection."""
+        index = torch.where(has_key, probs.detach().argmax(dim=-1), -1)
+        log_prob = torch.zeros(has_key.shape, dtype=probs.dtype, device=probs.device)
+        context, weights = self._finish(probs, keys, mask, single)
+        if single:
+            log_prob, probs, index = log_prob.squeeze(1), probs.squeeze(1), index.squeeze(1)
+        return HardAttentionOutput(context, weights, log_prob, probs, index, True)
 
     def _select(self, probs: Tensor, has_key: Tensor, generator: torch.Generator | None) -> Tensor:
         """``(batch, n_q, n_k)`` -> ``(batch, n_q)`` index: sampled in training, else argmax."""
@@ -263,7 +324,9 @@ class HardAttention(_ScoredAttention):
         """:func:`reinforce_loss` against this module's moving-average baseline.
 
         The baseline used is the one from before this batch (so it does not depend on the
-        current samples); it is then updated with the batch's mean reward.
+        current samples); it is then updated with the batch's mean reward. A batch that
+        used the expected context has no REINFORCE term (only the entropy bonus remains)
+        and leaves the baseline alone: it tracks the reward of sampled locations.
 
         Args:
             output: this module's output for the batch.
@@ -277,12 +340,15 @@ class HardAttention(_ScoredAttention):
         loss = reinforce_loss(
             output.log_prob, reward, baseline, probs=output.probs, entropy_weight=entropy_weight
         )
-        if update_baseline:
+        if update_baseline and not output.expected_context:
             self.baseline.update(torch.as_tensor(reward).detach())
         return loss
 
     def extra_repr(self) -> str:
-        return f"estimator={self.estimator!r}, tau={self.tau}"
+        return (
+            f"estimator={self.estimator!r}, tau={self.tau}, "
+            f"expected_context_prob={self.expected_context_prob}"
+        )
 
 
 __all__ = [

@@ -12,7 +12,8 @@ All modules share one calling convention:
   allowed key with zero weights and a zero context.
 
 The key side of the score is computed once per source with ``precompute(keys)`` and
-passed back as ``projected_keys=``; a decoder step then costs ``O(n_k * hidden)``::
+passed back as ``projected_keys=``; a decoder step then costs ``O(n_k * hidden)``
+(``O(window * hidden)`` for :class:`LocalAttention`, which scores only its window)::
 
     cache = attn.precompute(encoder_out)
     for t in range(steps):
@@ -22,6 +23,7 @@ passed back as ``projected_keys=``; a decoder step then costs ``O(n_k * hidden)`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +61,10 @@ def _check_memory(keys: Tensor, key_dim: int, batch: int) -> None:
     check_rank(keys, 3, "keys", "(batch, n_k, key_dim)")
     check_size(keys, 0, batch, "keys", "batch (from `query`)")
     check_size(keys, -1, key_dim, "keys", "key_dim")
+    if keys.shape[1] == 0:
+        raise ValueError(
+            f"`keys` must hold at least one source position, got shape {tuple(keys.shape)}"
+        )
 
 
 def _check_key_mask(mask: Tensor | None, batch: int, n_k: int) -> Tensor | None:
@@ -117,20 +123,27 @@ class _ScoredAttention(nn.Module):
         check_size(keys, -1, self.key_dim, "keys", "key_dim")
         return self.score.project_keys(keys)
 
-    def _prepare(
+    def _validate(
         self, query: Tensor, keys: Tensor, mask: Tensor | None, projected_keys: Tensor | None
-    ) -> tuple[Tensor, bool, Tensor | None, Tensor]:
-        """Validate the inputs; return query ``(batch, n_q, d)``, one-step flag, mask, scores."""
+    ) -> tuple[Tensor, bool, Tensor | None]:
+        """Check the inputs; return query ``(batch, n_q, d)``, the one-step flag and the mask."""
         query, single = _as_steps(query, self.query_dim)
         batch = query.shape[0]
         _check_memory(keys, self.key_dim, batch)
         mask = _check_key_mask(mask, batch, keys.shape[1])
-        if projected_keys is None:
-            projected_keys = self.score.project_keys(keys)
-        else:
+        if projected_keys is not None:
             check_rank(projected_keys, 3, "projected_keys", "(batch, n_k, p)")
             check_size(projected_keys, 0, batch, "projected_keys", "batch")
             check_size(projected_keys, 1, keys.shape[1], "projected_keys", "n_k (from `keys`)")
+        return query, single, mask
+
+    def _prepare(
+        self, query: Tensor, keys: Tensor, mask: Tensor | None, projected_keys: Tensor | None
+    ) -> tuple[Tensor, bool, Tensor | None, Tensor]:
+        """Validate the inputs; return query ``(batch, n_q, d)``, one-step flag, mask, scores."""
+        query, single, mask = self._validate(query, keys, mask, projected_keys)
+        if projected_keys is None:
+            projected_keys = self.score.project_keys(keys)
         scores = self.score.score_projected(query, projected_keys)
         return query, single, mask, scores
 
@@ -269,6 +282,48 @@ class AttentionalHidden(nn.Module):
         return torch.tanh(self.combine(torch.cat([context, query], dim=-1)))
 
 
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x`` ``(batch, n_k, d)`` at ``index`` ``(batch, n_q, w)`` -> ``(batch, n_q, w, d)``."""
+    batch, n_k, dim = x.shape
+    # Whole rows by index_select on the flattened batch: far faster than an expanded gather.
+    rows = index + torch.arange(batch, device=index.device)[:, None, None] * n_k
+    return x.reshape(batch * n_k, dim).index_select(0, rows.flatten()).reshape(*index.shape, dim)
+
+
+def _scatter_window(weights: Tensor, index: Tensor, n_k: int) -> Tensor:
+    """Window weights ``(..., width)`` at positions ``index`` -> ``(..., n_k)``, zeros elsewhere."""
+    return weights.new_zeros(*weights.shape[:-1], n_k).scatter(-1, index, weights)
+
+
+@dataclass
+class LocalWindow:
+    """What :meth:`LocalAttention.attend_window` returns; ``[n_q]`` is present for a 3-D query.
+
+    Each query sees ``width = min(2 * window + 1, n_k)`` distinct, increasing source
+    positions: the ``2D + 1`` around the nearest integer to ``p_t``, shifted inwards where
+    they would leave the source. Every position with ``|s - p_t| <= D`` is among them;
+    those of them outside that bound or padded have weight exactly 0.
+
+    Attributes:
+        context: ``(batch, [n_q,] key_dim)``.
+        weights: ``(batch, [n_q,] width)`` alignment weights of the positions in ``index``.
+        index: ``(batch, [n_q,] width)`` int64 source positions.
+        position: ``(batch, [n_q])`` the aligned position ``p_t`` (float, at least float32);
+            for local-p it carries the gradient to the position predictor.
+        source_length: ``n_k``, the length of the (padded) source.
+    """
+
+    context: Tensor
+    weights: Tensor
+    index: Tensor
+    position: Tensor
+    source_length: int
+
+    def dense_weights(self) -> Tensor:
+        """The weights over the whole source, ``(batch, [n_q,] n_k)``, zero outside the window."""
+        return _scatter_window(self.weights, self.index, self.source_length)
+
+
 class LocalAttention(_ScoredAttention):
     """Local attention of Luong et al. (2015), section 3.2.
 
@@ -290,8 +345,14 @@ class LocalAttention(_ScoredAttention):
     default (``gaussian=None``); it is what carries a gradient to ``W_p, v_p``.
 
     A local-m position beyond the real source is clamped to its last token, so a target
-    longer than its source still attends somewhere. Scores are computed for every position
-    and masked outside the window: the result is exact, and a step costs ``O(n_k)``.
+    longer than its source still attends somewhere. Only the ``2D + 1`` source positions
+    around ``p_t`` are normalised (see :class:`LocalWindow`), and a decoder step gathers
+    and scores only their keys: it costs ``O(D)`` whatever the source length, given the
+    cached ``precompute(keys)`` (without it, only the window's keys are projected). Many
+    queries over a short source (teacher forcing) instead take their window's scores from
+    one matrix product over the source, which is faster there; the numbers are the same.
+    :meth:`attend_window` returns the window as it is; :meth:`forward` also scatters its
+    weights over the whole source, the ``(batch, [n_q,] n_k)`` output of every module here.
 
     Args:
         query_dim: decoder state size.
@@ -306,6 +367,10 @@ class LocalAttention(_ScoredAttention):
         normalizer: registry name or callable.
         normalizer_options: options of a named normaliser.
     """
+
+    # Relative cost of copying one gathered key element against one multiply-add of a
+    # matrix product (CPU, float32); see ``_gathers_keys``.
+    GATHER_COST = 32.0
 
     def __init__(
         self,
@@ -380,15 +445,83 @@ class LocalAttention(_ScoredAttention):
         check_broadcastable_to(position, (batch, n_q), "position", "(batch, n_q)")
         return position.to(device=device, dtype=torch.long).expand(batch, n_q)
 
-    def forward(  # type: ignore[override]
+    def _aligned_position(
+        self,
+        query: Tensor,
+        lengths: Tensor,
+        position: int | Tensor | None,
+        single: bool,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        """``p_t`` as ``(batch, n_q)`` of ``dtype``: predicted (local-p) or the clamped step."""
+        if self.mode == "local-p":
+            if position is not None:
+                raise ValueError("`position` is only used by mode='local-m'")
+            return self.predict_position(query, lengths).to(dtype)
+        batch, n_q = query.shape[:2]
+        t = self._monotonic_position(position, batch, n_q, single, query.device)
+        return torch.minimum(t, (lengths[:, None] - 1).clamp_min(0)).clamp_min(0).to(dtype)
+
+    def _window_index(self, position: Tensor, n_k: int) -> Tensor:
+        """``(batch, n_q)`` positions -> ``(batch, n_q, width)`` int64 window positions.
+
+        The window is centred on the nearest integer ``c`` to ``p_t``: with ``|c - p_t| <= 1/2``
+        every ``s`` with ``|s - p_t| <= D`` (even after rounding of ``s - p_t``) lies in
+        ``[c - D, c + D]``. Shifting it to fit into ``[0, n_k)`` keeps those positions in.
+        """
+        width = min(2 * self.window + 1, n_k)
+        start = (torch.round(position).long() - self.window).clamp(0, n_k - width)
+        return start[..., None] + torch.arange(width, device=position.device)
+
+    def _gathers_keys(self, n_q: int, n_k: int, width: int) -> bool:
+        """Whether to gather each window's keys, rather than score the whole source at once.
+
+        Gathering copies ``n_q * width`` key rows. The alternative, one matrix product of
+        all queries with all ``n_k`` keys whose window entries are then picked, reads every
+        key once and costs ``n_q * n_k`` multiply-adds, each about ``GATHER_COST`` times
+        cheaper than copying one gathered element. So a decoder step (``n_q = 1``) always
+        gathers, and many queries over a short source share one product. The additive
+        ("concat") score gains nothing from a matrix product: it always gathers.
+        """
+        if isinstance(self.score, AdditiveScore):
+            return True
+        return n_q * width < n_k + n_q * n_k / self.GATHER_COST
+
+    def _scores_by_gathering(
+        self,
+        query: Tensor,
+        window_keys: Tensor,
+        keys: Tensor,
+        projected_keys: Tensor | None,
+        index: Tensor,
+    ) -> Tensor:
+        """Scores ``(batch, n_q, width)`` of each query against its gathered window keys."""
+        if projected_keys is not None:
+            window_projected = _gather_rows(projected_keys, index)
+        elif index[0].numel() < keys.shape[1]:
+            # The windows hold fewer rows than the source: project only those.
+            window_projected = self.score.project_keys(window_keys)
+        else:
+            window_projected = _gather_rows(self.score.project_keys(keys), index)
+        return self.score.score_projected(query.unsqueeze(-2), window_projected).squeeze(-2)
+
+    def _window_weights(self, scores: Tensor, allowed: Tensor, distance: Tensor) -> Tensor:
+        """Normalise ``(batch, n_q, width)`` scores over the allowed positions, then eq. 10."""
+        weights = masked_normalize(scores, allowed, self.normalize)
+        if self.gaussian and self.window > 0:
+            sigma = self.window / 2
+            weights = weights * torch.exp(-distance.square() / (2 * sigma**2)).to(weights.dtype)
+        return weights
+
+    def attend_window(
         self,
         query: Tensor,
         keys: Tensor,
         mask: Tensor | None = None,
         projected_keys: Tensor | None = None,
         position: int | Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Local attention around the aligned position.
+    ) -> LocalWindow:
+        """Local attention around the aligned position, computed on the window only.
 
         Args:
             query: ``(batch, query_dim)`` or ``(batch, n_q, query_dim)``.
@@ -399,33 +532,65 @@ class LocalAttention(_ScoredAttention):
                 broadcastable to ``(batch,)`` for a one-step query or ``(batch, n_q)``;
                 default ``t = 0 .. n_q - 1``.
         Returns:
-            context ``(batch, [n_q,] key_dim)`` and weights ``(batch, [n_q,] n_k)``.
+            :class:`LocalWindow`: context ``(batch, [n_q,] key_dim)``, weights and source
+            positions ``(batch, [n_q,] width)``, ``p_t`` ``(batch, [n_q])``.
         """
-        query, single, mask, scores = self._prepare(query, keys, mask, projected_keys)
-        batch, n_q, n_k = scores.shape
+        query, single, mask = self._validate(query, keys, mask, projected_keys)
+        batch, n_k = keys.shape[:2]
         if mask is None:
             lengths = torch.full((batch,), n_k, device=keys.device)
         else:
             lengths = mask.sum(dim=-1)
         # Positions in at least float32: float16 cannot count past 2048 exactly.
-        pos_dtype = torch.promote_types(scores.dtype, torch.float32)
-        if self.mode == "local-p":
-            if position is not None:
-                raise ValueError("`position` is only used by mode='local-m'")
-            p = self.predict_position(query, lengths).to(pos_dtype)
-        else:
-            t = self._monotonic_position(position, batch, n_q, single, keys.device)
-            p = torch.minimum(t, (lengths[:, None] - 1).clamp_min(0)).clamp_min(0).to(pos_dtype)
-        s = torch.arange(n_k, device=keys.device, dtype=pos_dtype)
-        distance = s - p[..., None]  # (batch, n_q, n_k)
+        pos_dtype = torch.promote_types(query.dtype, torch.float32)
+        p = self._aligned_position(query, lengths, position, single, pos_dtype)
+        index = self._window_index(p.detach(), n_k)  # (batch, n_q, width)
+        distance = index.to(pos_dtype) - p[..., None]
         allowed = distance.detach().abs() <= self.window
+        real = None
         if mask is not None:
-            allowed = allowed & mask[:, None, :]
-        weights = masked_normalize(scores, allowed, self.normalize)
-        if self.gaussian and self.window > 0:
-            sigma = self.window / 2
-            weights = weights * torch.exp(-distance.square() / (2 * sigma**2)).to(weights.dtype)
-        return self._finish(weights, keys, mask, single)
+            real = mask.gather(1, index.reshape(batch, -1)).reshape(index.shape)
+            allowed = allowed & real
+        if self._gathers_keys(query.shape[1], n_k, index.shape[-1]):
+            window_keys = _gather_rows(keys, index)  # (batch, n_q, width, key_dim)
+            if real is not None:
+                # Whatever sits in the padding (even inf/NaN) must not leak into the context.
+                window_keys = window_keys.masked_fill(~real[..., None], 0.0)
+            scores = self._scores_by_gathering(query, window_keys, keys, projected_keys, index)
+            weights = self._window_weights(scores, allowed, distance)
+            context = (weights.unsqueeze(-2) @ window_keys).squeeze(-2)
+        else:
+            if projected_keys is None:
+                projected_keys = self.score.project_keys(keys)
+            scores = self.score.score_projected(query, projected_keys).gather(-1, index)
+            weights = self._window_weights(scores, allowed, distance)
+            context = _context(_scatter_window(weights, index, n_k), keys, mask)
+        if single:
+            context, weights, index, p = (x.squeeze(1) for x in (context, weights, index, p))
+        return LocalWindow(context, weights, index, p, n_k)
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        keys: Tensor,
+        mask: Tensor | None = None,
+        projected_keys: Tensor | None = None,
+        position: int | Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Local attention around the aligned position (see :meth:`attend_window`).
+
+        Args:
+            query: ``(batch, query_dim)`` or ``(batch, n_q, query_dim)``.
+            keys: ``(batch, n_k, key_dim)``.
+            mask: ``(batch, n_k)`` bool, True = real token.
+            projected_keys: cached :meth:`precompute` output for these keys.
+            position: local-m only: the decoder step ``t`` (see :meth:`attend_window`).
+        Returns:
+            context ``(batch, [n_q,] key_dim)`` and weights ``(batch, [n_q,] n_k)``, the
+            window's weights scattered over the whole source.
+        """
+        window = self.attend_window(query, keys, mask, projected_keys, position)
+        return window.context, window.dense_weights()
 
     def extra_repr(self) -> str:
         return f"window={self.window}, mode={self.mode!r}, gaussian={self.gaussian}"
@@ -435,5 +600,6 @@ __all__ = [
     "AttentionalHidden",
     "BahdanauAttention",
     "LocalAttention",
+    "LocalWindow",
     "LuongAttention",
 ]

@@ -10,6 +10,11 @@ SDPA, since full attention computes something else), and, when it is installed, 
 the ``local-attention`` package's ``LocalAttention`` configured to the same exact band
 (``exact_windowsize=True``: query ``i`` sees keys ``i - window .. i``), which computes
 the same numbers.
+
+And one decoder step of Luong et al.'s local-p attention (``LocalAttention``), which
+gathers and scores only the ``2D + 1`` source positions around the predicted ``p_t``,
+against the same step written out over the whole source with the positions outside
+``|s - p_t| <= D`` masked: ``O(D)`` against ``O(n)`` per step.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from attnzoo.attention.rnn_attention import LocalAttention
 from attnzoo.attention.sliding_window import sliding_window_attention
 
 from ..harness import Case, Context, Setup, Suite
@@ -109,6 +115,66 @@ def _causal_cases(ctx: Context) -> list[Case]:
     ]
 
 
+def full_source_local_p(
+    attn: LocalAttention, query: torch.Tensor, keys: torch.Tensor, projected: torch.Tensor
+) -> torch.Tensor:
+    """One local-p step over the whole source (Luong et al. 2015, eqs. 9-10), no padding.
+
+    Written out here rather than imported, so that the baseline does not share code with
+    the kernel it checks. ``query`` ``(batch, dim)``, ``keys`` ``(batch, n, dim)``,
+    ``projected`` the cached ``W_a keys`` ``(batch, n, dim)``; returns the context
+    ``(batch, dim)``.
+    """
+    n, window = keys.shape[1], attn.window
+    hidden = torch.tanh(F.linear(query, attn.position_proj.weight))
+    gate = torch.sigmoid(F.linear(hidden, attn.position_v.weight))  # (batch, 1)
+    # Positions in float32 at least, as in the module: float16 cannot count past 2048.
+    wide = torch.promote_types(query.dtype, torch.float32)
+    p = (n - 1) * gate.to(wide)
+    distance = torch.arange(n, device=keys.device, dtype=wide) - p  # (batch, n)
+    scores = (projected @ query[:, :, None]).squeeze(-1)  # (batch, n)
+    scores = scores.masked_fill(distance.detach().abs() > window, float("-inf"))
+    gaussian = torch.exp(-distance.square() / (2 * (window / 2) ** 2)).to(scores.dtype)
+    weights = torch.softmax(scores, dim=-1) * gaussian
+    return (weights[:, None, :] @ keys).squeeze(1)
+
+
+def _build_luong_local(ctx: Context, batch: int, n: int, dim: int, window: int) -> Setup:
+    attn = ctx.module(
+        lambda: LocalAttention(dim, dim, window=window, mode="local-p", score="general")
+    )
+    query = ctx.randn(batch, dim, grad=True)
+    keys = ctx.randn(batch, n, dim, grad=True)
+    # Once per source, outside the timed step, as a decoder does.
+    with torch.no_grad():
+        projected = attn.precompute(keys)
+    params = tuple(attn.parameters())
+    return Setup(
+        ours=lambda: attn(query, keys, projected_keys=projected)[0],
+        baseline=lambda: full_source_local_p(attn, query, keys, projected),
+        inputs=(query, keys),
+        ours_params=params,
+        baseline_params=params,
+    )
+
+
+def _luong_local_cases(ctx: Context) -> list[Case]:
+    """One local-p decoder step with D = 8 against the full-source step (toy sizes in tiny)."""
+    batch, dim, window = ctx.pick(tiny=(1, 8, 2), quick=(8, 256, 8), full=(8, 256, 8))
+    lengths = ctx.pick(tiny=[32], quick=[2048], full=[512, 2048, 8192])
+    params = {"batch": batch, "dim": dim, "window": window, "mode": "local-p"}
+    return [
+        Case(
+            suite="sliding_window",
+            name=f"Luong local-p step, D={window} vs full source",
+            n=n,
+            params=params,
+            build=partial(_build_luong_local, ctx, batch, n, dim, window),
+        )
+        for n in lengths
+    ]
+
+
 def cases(ctx: Context) -> list[Case]:
     batch, heads, d, before, after = ctx.pick(
         tiny=(1, 2, 8, 3, 3),
@@ -136,7 +202,7 @@ def cases(ctx: Context) -> list[Case]:
         )
         for n in lengths
     ]
-    return banded + _causal_cases(ctx)
+    return banded + _causal_cases(ctx) + _luong_local_cases(ctx)
 
 
 SUITE = Suite(
@@ -153,7 +219,11 @@ SUITE = Suite(
         "against the band-masked dense SDPA); the ratio is what the window saves. "
         "`vs local-attention` (when installed): `LocalAttention(window_size=W, causal=True, "
         "look_backward=1, look_forward=0, exact_windowsize=True)`, the same band and the "
-        "same numbers; skipped without the package."
+        "same numbers; skipped without the package. "
+        "`Luong local-p step, D vs full source`: one decoder step of `LocalAttention` "
+        "(local-p, general score, cached key projection), which scores only the 2D+1 "
+        "positions around the predicted p_t, against the same step written out over the "
+        "whole source with the rest masked; same numbers, O(D) against O(n) per step."
     ),
     cases=cases,
 )

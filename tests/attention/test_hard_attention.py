@@ -11,6 +11,7 @@ from attnzoo.attention.hard import (
     categorical_entropy,
     reinforce_loss,
 )
+from attnzoo.attention.rnn_attention import BahdanauAttention
 
 F64 = torch.float64
 
@@ -266,6 +267,100 @@ def test_bad_inputs_name_the_argument() -> None:
         attn(torch.randn(3, 3), keys[..., :3], mask)
 
 
+# --- Xu et al.'s expected context for a minibatch ----------------------------------------
+
+
+def test_expected_context_prob_one_is_soft_attention_without_reinforce_term() -> None:
+    attn = HardAttention(3, 4, hidden_dim=6, expected_context_prob=1.0).train()
+    soft = BahdanauAttention(3, 4, 6)
+    soft.score.load_state_dict(attn.score.state_dict())
+    keys, mask = _memory()
+    mask[0] = False  # a row with nothing to attend to
+    query = torch.randn(3, 7, 3)
+    out = attn(query, keys, mask)
+    soft_context, soft_weights = soft(query, keys, mask)
+    assert out.expected_context
+    torch.testing.assert_close(out.context, soft_context, rtol=0, atol=0)
+    torch.testing.assert_close(out.weights, soft_weights, rtol=0, atol=0)
+    assert (out.log_prob == 0).all() and not out.log_prob.requires_grad
+    assert out.index[0].eq(-1).all()
+    torch.testing.assert_close(out.index[1:], out.probs[1:].argmax(-1))
+    # No REINFORCE term, and the baseline keeps tracking sampled batches only.
+    loss = attn.reinforce_loss(out, torch.tensor([5.0, 6.0, 7.0]))
+    assert loss.item() == 0 and not loss.requires_grad
+    assert attn.baseline().item() == 0 and not bool(attn.baseline.initialized)
+    # The scores learn through the soft context instead.
+    out.context.sum().backward()
+    assert attn.score.v.grad.abs().sum() > 0
+
+
+def test_expected_context_prob_zero_samples_exactly_as_before() -> None:
+    torch.manual_seed(0)
+    attn = HardAttention(3, 4, expected_context_prob=0.0).train()
+    keys, mask = _memory()
+    query = torch.randn(3, 9, 3)
+    out = attn(query, keys, mask, generator=torch.Generator().manual_seed(7))
+    assert not out.expected_context
+    # The same stream as a plain multinomial draw: no extra random number is consumed.
+    flat = out.probs.detach().reshape(-1, 5)
+    expected = torch.multinomial(flat, 1, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(out.index, expected.reshape(3, 9))
+    default = HardAttention(3, 4).train()
+    default.load_state_dict(attn.state_dict())
+    again = default(query, keys, mask, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(again.index, out.index)
+
+
+def test_expected_context_is_one_draw_per_minibatch() -> None:
+    prob = 0.3
+    attn = HardAttention(3, 4, expected_context_prob=prob).train()
+    keys, mask = _memory()
+    query = torch.randn(3, 4, 3)
+    ours, replay = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    choices = []
+    for _ in range(300):
+        out = attn(query, keys, mask, generator=ours)
+        # Replay the stream: one uniform for the choice, then (if sampling) the selection.
+        expected = bool(torch.rand((), generator=replay) < prob)
+        assert out.expected_context == expected
+        if expected:  # the whole minibatch is soft
+            torch.testing.assert_close(out.weights, out.probs, rtol=0, atol=0)
+        else:  # the whole minibatch is sampled
+            flat = out.probs.detach().reshape(-1, 5)
+            index = torch.multinomial(flat, 1, generator=replay).reshape(3, 4)
+            torch.testing.assert_close(out.index, index)
+            assert set(out.weights.unique().tolist()) == {0.0, 1.0}
+        choices.append(expected)
+    rate = sum(choices) / len(choices)
+    assert abs(rate - prob) < 4 * (prob * (1 - prob) / len(choices)) ** 0.5, rate
+
+
+def test_expected_context_is_not_used_in_eval() -> None:
+    attn = HardAttention(3, 4, expected_context_prob=1.0).eval()
+    keys, mask = _memory()
+    query = torch.randn(3, 5, 3)
+    out = attn(query, keys, mask)
+    assert not out.expected_context
+    torch.testing.assert_close(out.index, out.probs.argmax(-1))
+    assert set(out.weights.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"expected_context_prob": -0.1}, ValueError, r"expected_context_prob.*\[0, 1\].*-0.1"),
+        ({"expected_context_prob": 1.5}, ValueError, r"expected_context_prob.*1.5"),
+        ({"expected_context_prob": float("nan")}, ValueError, "expected_context_prob"),
+        ({"expected_context_prob": "0.5"}, TypeError, "expected_context_prob"),
+        ({"expected_context_prob": True}, TypeError, "expected_context_prob"),
+        ({"expected_context_prob": 0.5, "estimator": "gumbel"}, ValueError, "reinforce"),
+    ],
+)
+def test_bad_expected_context_prob_is_rejected(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        HardAttention(3, 4, **kwargs)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 class TestCuda:
@@ -285,3 +380,12 @@ class TestCuda:
         attn.eval()
         half = attn.half()(torch.randn(2, 3, device="cuda").half(), keys[:2].cuda().half())
         assert torch.isfinite(half.context).all()
+
+    def test_expected_context_draw_with_a_cuda_generator(self) -> None:
+        attn = HardAttention(3, 4, expected_context_prob=0.5).cuda().train()
+        keys, mask = _memory()
+        query = torch.randn(3, 2, 3, device="cuda")
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        outs = [attn(query, keys.cuda(), mask.cuda(), generator=generator) for _ in range(40)]
+        assert {out.expected_context for out in outs} == {True, False}
+        assert all(out.context.device.type == "cuda" for out in outs)
