@@ -17,6 +17,9 @@ SUBPACKAGES = ["attention", "transformers_zoo", "compression", "robustness", "ga
 # What each layer may import, besides the standard library (ARCHITECTURE.md, "arrows
 # point one way"): attention stands on torch, numpy, einops and entmax alone.
 KERNEL_THIRD_PARTY = {"torch", "numpy", "einops", "entmax"}
+# The GPU kernels' compiler, an optional extra imported only when a CUDA call asks for it
+# (a test checks that `import attnzoo` leaves it out).
+KERNEL_OPTIONAL = {"triton"}
 # The layers above may also show progress bars and use the optional extras.
 # Optional extras (imported lazily, with a clear ImportError when missing) included.
 UPPER_THIRD_PARTY = KERNEL_THIRD_PARTY | {
@@ -73,7 +76,11 @@ def test_layers_import_only_downwards(layer: str) -> None:
                         f"{path.name} in attnzoo.{layer} imports attnzoo.{parts[1]}"
                     )
             else:
-                third_party = KERNEL_THIRD_PARTY if layer == "attention" else UPPER_THIRD_PARTY
+                third_party = (
+                    KERNEL_THIRD_PARTY | KERNEL_OPTIONAL
+                    if layer == "attention"
+                    else UPPER_THIRD_PARTY
+                )
                 allowed = stdlib | third_party
                 assert parts[0] in allowed, f"{path.name} in attnzoo.{layer} imports {module}"
 

@@ -8,7 +8,8 @@ rows; for each tile, with every batch entry and head at once:
 
 1. the scores of the tile, ``(batch, block_size, n_k)``, go into a reused buffer;
 2. each row's threshold ``tau`` is found exactly over the whole row (the same sort-free
-   solvers as :mod:`attnzoo.attention.entmax`), in place in that buffer;
+   solvers as :mod:`attnzoo.attention.entmax`; for 1.5-entmax starting from the previous
+   tile's thresholds, which are close), in place in that buffer;
 3. the tile's output is ``weights @ v``.
 
 A row is the unit of a threshold, and it is only ``n_k`` numbers, so a tile of whole rows
@@ -67,6 +68,7 @@ def blockwise_attention(
     causal: bool = False,
     scale: float | None = None,
     block_size: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Sparse attention ``normalize(q @ k^T * scale) @ v`` computed in query tiles.
 
@@ -90,12 +92,38 @@ def blockwise_attention(
         scale: score scale, > 0; default ``1 / sqrt(d)``.
         block_size: query rows per tile; default: as many as fit
             ``2 ** 20`` scores over all batch entries and heads (at least 1).
+        backend: ``"torch"`` (these tiles), ``"triton"`` (the flash-style kernels of
+            :mod:`attnzoo.attention.triton_entmax`; an unsupported call raises, naming what
+            is unsupported) or ``"auto"``: Triton for CUDA tensors when it is installed and
+            supports the call (``(batch, heads, n, d)`` with d in 16/32/64/128, ``d_v = d``,
+            alpha <= 2 as a float or one per head not requiring grad, no mask or a
+            key-padding mask ``(batch, 1, 1, n_k)``), else torch. ``block_size`` is ignored
+            by Triton.
 
     Returns:
         ``(..., n_q, d_v)``, in the dtype of ``q`` (float16/bfloat16 are computed in
         float32).
     """
     alpha_value = _check_inputs(q, k, v, normalizer, alpha, mask, causal, scale, block_size)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"`backend` must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "triton" or (backend == "auto" and q.is_cuda):
+        import importlib.util  # triton is optional: import its kernels only when asked for
+
+        if importlib.util.find_spec("triton") is None:
+            if backend == "triton":
+                raise ValueError("backend='triton' needs the `triton` package, not installed")
+        else:
+            from . import triton_entmax
+
+            call_alpha = alpha if isinstance(alpha, Tensor) else alpha_value
+            reason = triton_entmax.triton_unsupported(q, k, v, call_alpha, mask)
+            if reason is None:
+                return triton_entmax.blockwise_call(
+                    q, k, v, alpha=call_alpha, mask=mask, causal=causal, scale=scale
+                )
+            if backend == "triton":
+                raise ValueError(f"backend='triton' does not support this call: {reason}")
     lead, n_q, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     n_k, d_v = k.shape[-2], v.shape[-1]
     batch = math.prod(lead)
@@ -153,9 +181,15 @@ class _Tiles:
         return allowed
 
 
-def _tile_scores(out: Tensor, q: Tensor, k: Tensor, scale: float, allowed: Tensor | None) -> Tensor:
-    """``q @ k^T * scale`` into ``out`` ``(batch, rows, n_k)``, ``-inf`` where not allowed."""
-    torch.bmm(q, k.transpose(1, 2), out=out).mul_(scale)
+def _tile_scores(
+    out: Tensor, q: Tensor, k: Tensor, scale: Tensor | float, allowed: Tensor | None
+) -> Tensor:
+    """``(q * scale) @ k^T`` into ``out`` ``(batch, rows, n_k)``, ``-inf`` where not allowed.
+
+    ``scale`` is a float or ``(batch, rows, 1)`` (one per query row): scaling the queries
+    instead of the scores saves a pass over the tile.
+    """
+    torch.bmm(q * scale, k.transpose(1, 2), out=out)
     if allowed is not None:
         out.masked_fill_(allowed.logical_not(), float("-inf"))
     return out
@@ -196,18 +230,24 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
         entries = batch * tiles.block_size * n_k
         scores, u, w = _buffers(3, entries, q)
         flags = torch.empty(entries, dtype=torch.bool, device=q.device)
+        guess = None  # the previous tile's thresholds: same heads, nearby queries
         for rows in tiles:
             count = rows.stop - rows.start
             s = _view(scores, batch, count, n_k)
-            _tile_scores(s, q[:, rows], k, scale, tiles.allowed(rows))
+            a_t = alpha[:, rows] if isinstance(alpha, Tensor) else alpha
+            # Scores times alpha - 1, the units of the threshold.
+            _tile_scores(s, q[:, rows], k, scale * (a_t - 1), tiles.allowed(rows))
             z = s.view(batch * count, n_k)
-            a = alpha[:, rows].reshape(-1, 1) if isinstance(alpha, Tensor) else alpha
-            top, empty = _shift_(z, a - 1)
+            a = a_t.reshape(-1, 1) if isinstance(a_t, Tensor) else a_t
+            top, empty = _shift_(z, 1.0)
             scratch = [_view(u, batch * count, n_k), _view(w, batch * count, n_k)]
-            _solve_rows(z, a, scratch, _view(flags, batch * count, n_k))
+            if guess is not None:
+                guess = guess.view(batch, -1)[:, :count].reshape(-1, 1)
+            _solve_rows(z, a, scratch, _view(flags, batch * count, n_k), guess)
             # Weights [z - tau]_+ ** r with row max z = 0, so max(p) = (-tau) ** r.
             tau = -(z.amax(dim=-1, keepdim=True) ** (a - 1))
-            c = (a - 1) * top + tau
+            guess = tau
+            c = top + tau
             if _maybe_any(empty):
                 z.masked_fill_(empty, 0.0)
                 c = c.masked_fill(empty, float("inf"))
@@ -232,8 +272,11 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
         n_k = k.shape[1]
         grad_out = grad_out.to(q.dtype).contiguous()
         grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
+        # grad_k and grad_v are accumulated transposed, (B, d, n_k): a tile then adds
+        # (d x rows) @ (rows x n_k), which BLAS runs markedly faster than the transposed
+        # tile times a (rows x d) block.
+        grad_k_t = k.new_zeros(batch, k.shape[2], n_k)
+        grad_v_t = v.new_zeros(batch, v.shape[2], n_k)
         grad_alpha = q.new_empty(batch, n_q, 1) if need_alpha else None
         entries = batch * tiles.block_size * n_k
         buffers = _buffers(4, entries, q)
@@ -243,28 +286,32 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
             offsets, weights, grad_w, work = (_view(b, *shape) for b in buffers)
             q_t, g_t = q[:, rows], grad_out[:, rows]
             a = alpha[:, rows] if isinstance(alpha, Tensor) else alpha
-            _tile_scores(offsets, q_t, k, scale, tiles.allowed(rows))
+            _tile_scores(offsets, q_t, k, scale * (a - 1), tiles.allowed(rows))
             # u = [(alpha - 1) s - c]_+; -inf scores and empty rows (c = inf) give 0.
-            offsets.mul_(a - 1).sub_(thresholds[:, rows]).clamp_(min=0)
+            offsets.sub_(thresholds[:, rows]).clamp_(min=0)
             support, log_u = _weights_and_support(offsets, a, weights, work, need_alpha)
             torch.bmm(g_t, v.transpose(1, 2), out=grad_w)
             if log_u is not None:
                 assert isinstance(a, Tensor) and grad_alpha is not None
                 neg_entropy, gplogp = _entropy_terms(log_u, weights, grad_w, a)
-            # The score gradient (Peters et al. 2019): s * (g - mean), mean = <g, s> / sum(s).
+                gp = torch.mul(grad_w, weights, out=work).sum(dim=-1, keepdim=True)
+            # The score gradient (Peters et al. 2019): s * (g - mean), mean = <g, s> / sum(s),
+            # as g * s - mean * s from the product the mean is summed from (one pass less).
             total = support.sum(dim=-1, keepdim=True)
-            mean = torch.mul(grad_w, support, out=work).sum(dim=-1, keepdim=True)
-            mean = mean / _row_denominator(total)
+            g_s = torch.mul(grad_w, support, out=work)
+            mean = g_s.sum(dim=-1, keepdim=True) / _row_denominator(total)
             if log_u is not None:
                 # In alpha (Correia et al. 2019): (<g, p> - mean) / (alpha - 1) ** 2
                 # - (<g, p log p> - mean H) / (alpha - 1).
-                gp = torch.mul(grad_w, weights, out=work).sum(dim=-1, keepdim=True)
                 am1 = a - 1
                 grad_alpha[:, rows] = (gp - mean) / am1**2 - (gplogp - mean * neg_entropy) / am1
-            grad_s = grad_w.sub_(mean).mul_(support)
-            grad_v.baddbmm_(weights.transpose(1, 2), g_t)
+            grad_s = torch.addcmul(g_s, support, mean, value=-1, out=grad_w)
+            grad_v_t.baddbmm_(g_t.transpose(1, 2), weights)
             grad_q[:, rows] = torch.bmm(grad_s, k).mul_(scale)
-            grad_k.baddbmm_(grad_s.transpose(1, 2), q_t, alpha=scale)
+            grad_k_t.baddbmm_(q_t.transpose(1, 2), grad_s, alpha=scale)
+        # Returned as transposed views: a consumer that needs them contiguous copies them
+        # anyway (the heads are usually transposed back), so a copy here would be paid twice.
+        grad_k, grad_v = grad_k_t.transpose(1, 2), grad_v_t.transpose(1, 2)
         return grad_q, grad_k, grad_v, grad_alpha, None, None
 
 
@@ -292,10 +339,21 @@ def _weights_and_support(
         torch.mul(u, u, out=weights)
         return u, None
     tiny = torch.finfo(u.dtype).tiny
-    torch.pow(u, 1.0 / (alpha - 1), out=weights)
-    log_u = torch.clamp(u, min=tiny, out=work).log_() if need_log else None
-    # s = u ** r / u; off the support 0 / tiny = 0.
-    torch.div(weights, u.clamp_(min=tiny), out=u)
+    if not need_log:
+        torch.pow(u, 1.0 / (alpha - 1), out=weights)
+        # s = u ** r / u; off the support 0 / tiny = 0.
+        torch.div(weights, u.clamp_(min=tiny), out=u)
+        return u, None
+    log_u = torch.clamp(u, min=tiny, out=work).log_()
+    # With the log at hand, p = exp(r log u) costs less than a generic power. The exponent
+    # is floored at log(tiny) + 1, where exp is still fast (an exp whose result is at or
+    # below tiny is 10-40x slower): off the support p is then e * tiny instead of 0, which
+    # changes the sums it enters (p^T g, <g, p>, p log p) by O(n * tiny).
+    torch.mul(log_u, 1.0 / (alpha - 1), out=weights).clamp_(min=math.log(tiny) + 1).exp_()
+    # s = p / u, exactly 0 off the support: offsets below tiny are set to 0 and their
+    # quotient (inf) to 0.
+    torch.nn.functional.threshold_(u, tiny, 0.0)
+    torch.div(weights, u, out=u).nan_to_num_(nan=0.0, posinf=0.0)
     return u, log_u
 
 

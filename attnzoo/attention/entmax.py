@@ -6,9 +6,11 @@ chosen so that ``p`` sums to one. ``alpha = 2`` is sparsemax (Martins & Astudill
 ``alpha -> 1`` recovers softmax. Unlike softmax, scores far enough below the maximum get
 exactly zero weight.
 
-* :func:`sparsemax` and :func:`entmax15` find ``tau`` exactly without sorting: Newton
-  steps from a lower bound, finished by the closed-form threshold on the support found
-  (the sorted algorithm is the fallback for rows that do not settle).
+* :func:`sparsemax` and :func:`entmax15` find ``tau`` exactly without sorting:
+  Michelot's steps from a lower bound for sparsemax, and for 1.5-entmax the closed-form
+  root on the current support, which brackets the threshold from alternating sides until
+  the support is found (the sorted algorithm is the fallback for rows that do not
+  settle).
 * :func:`alpha_entmax` finds ``tau`` for any ``alpha > 1``, a float or a tensor (e.g.
   one per head), by safeguarded Newton steps on a bracket, and is differentiable in
   ``alpha`` too (Correia et al. 2019, "Adaptively Sparse Transformers").
@@ -201,7 +203,11 @@ def _maybe_any(mask: Tensor) -> bool:
 
 
 def _shift_(z: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor]:
-    """In place: rows of ``z`` shifted to maximum 0, times ``scale``, floored at ``_FLOOR``.
+    """In place: rows of ``z`` shifted to maximum 0, times ``scale``.
+
+    ``-inf`` entries stay ``-inf``: the sort-free solvers only ever look at entries above
+    a threshold ``>= -1`` (``[z - tau]_+`` is 0 for them), and the sorted fallbacks floor
+    the scores first (see ``_FLOOR``). Skipping the floor here saves a pass over the block.
 
     Args:
         z: ``(rows, n)`` scores, overwritten.
@@ -218,7 +224,6 @@ def _shift_(z: Tensor, scale: Tensor | float) -> tuple[Tensor, Tensor]:
     z.sub_(top)
     if isinstance(scale, Tensor) or scale != 1.0:
         z.mul_(scale)
-    z.clamp_(min=_FLOOR)
     if _maybe_any(empty):
         z.masked_fill_(empty, 0.0)
     return top, empty
@@ -294,7 +299,7 @@ def _sparsemax_newton(z: Tensor, work: Tensor) -> bool:
     sort, the dominant cost of the sorted algorithm.
 
     Args:
-        z: ``(rows, n)`` finite scores with row maximum 0, overwritten.
+        z: ``(rows, n)`` scores with row maximum 0 (``-inf`` allowed), overwritten.
         work: scratch of the shape of ``z``.
     Returns:
         True when ``z`` now holds the weights.
@@ -362,53 +367,124 @@ def _entmax15_threshold(z: Tensor) -> Tensor:
     return tau.gather(-1, support.long() - 1)
 
 
-def _entmax15_newton(z: Tensor, work: Tensor, square: Tensor) -> bool:
-    """Overwrite ``z`` with its 1.5-entmax weights, sort-free; False if it did not settle.
+# Once at most this fraction of a CPU block's rows are still open, those rows are copied
+# out and finished on their own: the last step or two are then paid for a few rows
+# instead of the whole block (the copy costs about one pass over those rows).
+_OPEN_ROWS_FRACTION = 0.125
 
-    ``f(tau) = sum(clamp(z - tau, 0) ** 2) - 1`` is convex and decreasing, so Newton's
-    method from the lower bound ``tau = -1`` climbs monotonically towards the root. Once
-    two successive steps see the same support, the next trial point is the exact root of
-    the quadratic on that support (the sorted algorithm's formula); if that overshoots
-    (the support was still too large) the iteration resumes with a Newton step from the
-    last lower bound. A row is done when ``sum(p) = 1`` to a few ulps, or when its step
-    vanishes in floating point.
+
+def _open_rows(done: Tensor) -> Tensor | None:
+    """Indices of the rows not ``done`` (``(rows, 1)``) when few enough to finish apart.
+
+    CPU only: the count is read back, which on an accelerator would synchronise.
+    """
+    if done.device.type != "cpu" or done.shape[0] < 8:
+        return None
+    index = done.view(-1).logical_not().nonzero().view(-1)
+    if index.numel() > _OPEN_ROWS_FRACTION * done.shape[0]:
+        return None
+    return index
+
+
+def _entmax15_step(
+    tau: Tensor,
+    total: Tensor,
+    norm: Tensor,
+    squares: Tensor,
+    size: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The next trial threshold of :func:`_entmax15_newton` and the tightened bracket.
 
     Args:
-        z: ``(rows, n)`` scores in ``[_FLOOR, 0]`` with row maximum 0, overwritten.
-        work, square: scratch of the shape of ``z``.
+        tau: ``(rows, 1)`` the threshold just evaluated.
+        total, norm, squares, size: ``(rows, 1)`` the sum of ``u``, its 2-norm, the
+            norm squared and the number of ``u > 0``, for ``u = [z - tau]_+``.
+        lo, hi: ``(rows, 1)`` the bracket before this evaluation.
     Returns:
-        True when ``z`` now holds the weights.
+        ``(next, lo, hi)``.
     """
+    above = squares >= 1  # f(tau) >= 0: tau is a lower bound of the root
+    lo = torch.where(above, tau, lo)
+    hi = torch.where(above, hi, tau)
+    # Root of the quadratic on the current support, in offsets from tau (less cancellation
+    # than in raw moments): mean - sqrt((1 - ss) / k), ss the squared deviations of u.
+    mean = total / size
+    delta = (1 - (squares - total * mean)) / size
+    root = tau + mean - delta.clamp(min=0).sqrt()
+    # Newton on ||u||_2 - 1, convex and nearly linear in tau (far better than on f when the
+    # support is much too large): from a lower bound it stays one.
+    newton = tau + (squares - norm) / total
+    nxt = torch.where(delta >= 0, root, newton)
+    # Strictly inside the bracket, else bisection: a step onto an end would cycle.
+    nxt = torch.where((nxt > lo) & (nxt < hi), nxt, (lo + hi) / 2)
+    return nxt, lo, hi
+
+
+def _entmax15_newton(z: Tensor, work: Tensor, square: Tensor, guess: Tensor | None = None) -> None:
+    """Overwrite ``z`` with its 1.5-entmax weights, sort-free (sorting only as a fallback).
+
+    ``f(tau) = sum(u ** 2) - 1`` with ``u = [z - tau]_+`` is convex and decreasing, and
+    piecewise quadratic: on a fixed support of ``k`` entries its root is
+    ``mean - sqrt((1 - ss) / k)`` (the sorted algorithm's formula). From a trial point
+    ``tau`` with support ``S``, the root of that quadratic is an upper bound of the
+    threshold when ``tau`` is a lower bound (the quadratic majorises ``f`` to the right of
+    ``tau``) and a lower bound when ``tau`` is an upper bound (it minorises ``f`` to the
+    left), and it is exact once ``S`` is the final support, so this step, alternating sides,
+    pins the support in a few passes. Where the quadratic has no root (support much too
+    large) a Newton step on ``||u||_2 - 1`` is taken instead. Every trial point is kept
+    inside a bracket ``[lo, hi]`` (bisection otherwise), starting from
+    ``[-1, -(1/n) ** (1/2)]``: the top entry alone weighs 1 at ``-1``, every entry at most
+    ``1/n`` at the upper end. A row is done when ``sum(p) = 1`` to a few ulps or its step
+    vanishes. From ``-1`` attention rows take 4-6 passes; from a guess near the threshold
+    (that of a neighbouring row) 3-5. Rows that do not settle in ``_MAX_NEWTON`` passes
+    (exact ties at the threshold) fall back to the sorted algorithm.
+
+    Args:
+        z: ``(rows, n)`` scores times 1/2 with row maximum 0 (``-inf`` allowed),
+            overwritten with the weights.
+        work, square: scratch of the shape of ``z``.
+        guess: ``(rows, 1)`` first trial thresholds (any finite values), or None for -1.
+    """
+    rows, n = z.shape
     tol = 16 * torch.finfo(z.dtype).eps
-    tau = torch.full_like(z[:, :1], -1.0)
-    lower_step = None
-    last_size = None
-    for iteration in range(_MAX_NEWTON):
-        torch.sub(z, tau, out=work).clamp_(min=0)
-        total = work.sum(dim=-1, keepdim=True)
-        residual = torch.mul(work, work, out=square).sum(dim=-1, keepdim=True) - 1
-        size = torch.gt(work, 0, out=work).sum(dim=-1, keepdim=True)
-        above = residual >= 0  # tau is a lower bound of the root
-        step = tau + residual / (2 * total)
-        if lower_step is not None:
-            step = torch.where(above, step, lower_step)
-        # Exact root of sum_{support} (z - t) ** 2 = 1, in offsets from tau (less
-        # cancellation than in raw moments): mean - sqrt((1 - ss) / k).
-        mean = total / size
-        delta = (1 - (residual + 1 - total * mean)) / size
-        exact = tau + mean - delta.clamp(min=0).sqrt()
-        settled = above & (delta >= 0) & (exact >= tau)
-        if last_size is not None:
-            settled &= size == last_size
-        nxt = torch.where(settled, exact, step)
-        done = (residual.abs() <= tol) | (nxt == tau)
-        if _settled(done, iteration):
-            z.copy_(square)
-            return True
-        lower_step = torch.where(above, step, lower_step if lower_step is not None else step)
-        last_size = torch.where(above, size, last_size if last_size is not None else size)
+    hi = z.new_full((rows, 1), -(n**-0.5))
+    # Just below -1, so that a trial at exactly -1 (the root of a one-entry support) is
+    # strictly inside the bracket, while -1 itself has not been evaluated.
+    lo = z.new_full((rows, 1), -1.0 - tol)
+    tau = hi.new_full((rows, 1), -1.0) if guess is None else torch.clamp(guess, -1.0, -(n**-0.5))
+    _entmax15_iterate(z, tau, lo, hi, work, square, 0)
+
+
+def _entmax15_iterate(
+    z: Tensor, tau: Tensor, lo: Tensor, hi: Tensor, work: Tensor, square: Tensor, first: int
+) -> None:
+    """The passes of :func:`_entmax15_newton` from trial ``tau`` in bracket ``[lo, hi]``."""
+    tol = 16 * torch.finfo(z.dtype).eps
+    for step in range(first, _MAX_NEWTON):
+        u = torch.sub(z, tau, out=work).clamp_(min=0)
+        total = u.sum(dim=-1, keepdim=True)
+        norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        size = torch.gt(u, 0, out=square).sum(dim=-1, keepdim=True)
+        squares = norm * norm
+        nxt, lo, hi = _entmax15_step(tau, total, norm, squares, size, lo, hi)
+        done = ((squares - 1).abs() <= tol) | (nxt == tau)
+        if _settled(done, step):
+            torch.mul(u, u, out=z)
+            return
         tau = torch.where(done, tau, nxt)
-    return False
+        index = _open_rows(done)
+        if index is not None:
+            open_z = z.index_select(0, index)
+            torch.mul(u, u, out=z)  # the settled rows' weights; the open rows' follow
+            count = index.numel()
+            state = (tau[index], lo[index], hi[index])
+            _entmax15_iterate(open_z, *state, work[:count], square[:count], step + 1)
+            z.index_copy_(0, index, open_z)
+            return
+    z.clamp_(min=_FLOOR)
+    z.sub_(_entmax15_threshold(z)).clamp_(min=0).square_()
 
 
 class Entmax15Function(torch.autograd.Function):
@@ -689,7 +765,7 @@ def _alpha_entmax_newton(
     entries above ``lo`` are few, the steps run on those alone (:class:`_Candidates`).
 
     Args:
-        z: ``(rows, n)`` scores times ``alpha - 1``, row max 0, floored at ``_FLOOR``;
+        z: ``(rows, n)`` scores times ``alpha - 1``, row max 0 (``-inf`` allowed);
             overwritten with the weights.
         am1: ``alpha - 1``, a float or ``(rows, 1)``.
         u, w: scratch of the shape of ``z``; flags: boolean scratch of that shape.
@@ -733,25 +809,33 @@ def _alpha_entmax_newton(
     z.div_(z.sum(dim=-1, keepdim=True))
 
 
-def _solve_rows(z: Tensor, alpha: Tensor | float, scratch: list[Tensor], flags: Tensor) -> None:
+def _solve_rows(
+    z: Tensor,
+    alpha: Tensor | float,
+    scratch: list[Tensor],
+    flags: Tensor,
+    guess: Tensor | None = None,
+) -> None:
     """Overwrite a block of shifted scores with its alpha-entmax weights.
 
-    The exact algorithm for the alpha at hand: Michelot's for sparsemax, Newton with the
-    closed-form root for 1.5-entmax (each with the sorted algorithm as fallback), and the
+    The exact algorithm for the alpha at hand: Michelot's for sparsemax, the bracketing
+    closed-form roots for 1.5-entmax (each with the sorted algorithm as fallback), and the
     safeguarded Newton for any other alpha.
 
     Args:
         z: ``(rows, n)`` from :func:`_shift_` with scale ``alpha - 1``, overwritten.
         alpha: a float or ``(rows, 1)``.
         scratch: two float tensors of the shape of ``z``; flags: a boolean one.
+        guess: ``(rows, 1)`` thresholds to start 1.5-entmax from, e.g. those of
+            neighbouring rows (other maps start from their own bounds).
     """
     u, w = scratch
     if isinstance(alpha, float) and alpha == 2.0:
         if not _sparsemax_newton(z, u):
+            z.clamp_(min=_FLOOR)
             z.sub_(_sparsemax_threshold(z)).clamp_(min=0)
     elif isinstance(alpha, float) and alpha == 1.5:
-        if not _entmax15_newton(z, u, w):
-            z.sub_(_entmax15_threshold(z)).clamp_(min=0).square_()
+        _entmax15_newton(z, u, w, guess)
     else:
         _alpha_entmax_newton(z, alpha - 1, u, w, flags)
 

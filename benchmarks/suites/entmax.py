@@ -12,6 +12,7 @@ checked against the ``entmax`` package's normaliser applied to the dense scores.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from functools import partial
 
@@ -206,6 +207,53 @@ def _attention_cases(ctx: Context) -> list[Case]:
     return cases
 
 
+# The Triton kernel's row: the H100 target is within 1.5x of SDPA's flash path at this size.
+TRITON_SHAPE = (1, 8, 4096, 64)  # batch, heads, n, head_dim
+TRITON_MISSING = importlib.util.find_spec("triton") is None
+
+
+def triton_skip_reason(ctx: Context) -> str | None:
+    """Why the Triton row does not run in this context, or None when it does."""
+    if not ctx.is_cuda:
+        return "needs a CUDA device"
+    if TRITON_MISSING:
+        return "needs the `triton` package"
+    return None
+
+
+def _build_triton(ctx: Context, n: int) -> Setup:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnzoo.attention.triton_entmax import triton_entmax_attention
+
+    batch, heads, _, d = TRITON_SHAPE
+    # Half precision, where SDPA has its flash kernel; checked against the torch tiles.
+    q, k, v = (ctx.randn(batch, heads, n, d, dtype=torch.float16, grad=True) for _ in range(3))
+
+    def flash() -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return Setup(
+        ours=lambda: triton_entmax_attention(q, k, v, alpha=1.5),
+        baseline=flash,
+        inputs=(q, k, v),
+        reference=lambda: blockwise_attention(q, k, v, normalizer="entmax15", backend="torch"),
+    )
+
+
+def _triton_cases(ctx: Context) -> list[Case]:
+    """The Triton entmax15 row, or none (see the suite's note) where it cannot run."""
+    if triton_skip_reason(ctx) is not None:
+        return []
+    batch, heads, n, d = TRITON_SHAPE
+    n = ctx.pick(tiny=256, quick=n, full=n)
+    params = {"batch": batch, "heads": heads, "head_dim": d, "path": "triton"}
+    build = partial(_build_triton, ctx, n)
+    name = "attention entmax15 (triton) vs SDPA flash"
+    return [Case(suite="entmax", name=name, n=n, params=params, dtype=torch.float16, build=build)]
+
+
 def cases(ctx: Context) -> list[Case]:
     batch_heads = ctx.pick(tiny=2, quick=4, full=4, cuda_quick=32, cuda_full=32)
     lengths = ctx.pick(
@@ -230,7 +278,7 @@ def cases(ctx: Context) -> list[Case]:
                     build=partial(_build, ctx, name, rows, n),
                 )
             )
-    return cases + _attention_cases(ctx)
+    return cases + _attention_cases(ctx) + _triton_cases(ctx)
 
 
 SUITE = Suite(
@@ -253,7 +301,10 @@ SUITE = Suite(
         "what one `n x n` float32 tensor of the dense path takes, `extra_tensor_mib` what "
         "each path holds beyond its inputs (blockwise: its tile buffers). Always float32, "
         "whatever `--dtype`: the `entmax` package is not reliable in float16/bfloat16, so "
-        "it would be no reference there."
+        "it would be no reference there. Except the Triton row (`attention entmax15 "
+        "(triton) vs SDPA flash`, (1, 8, 4096, 64) in float16 against SDPA's flash kernel, "
+        "checked against `blockwise_attention(backend='torch')`): it runs only on CUDA "
+        "with `triton` installed and is skipped (not listed) elsewhere."
     ),
     cases=cases,
 )

@@ -13,6 +13,7 @@ import torch
 
 from attnzoo.attention import attend, blockwise_attention
 from attnzoo.attention.blockwise import _TILE_ENTRIES
+from attnzoo.attention.entmax import _entmax15_newton
 
 TOL = 1e-10
 NEG_INF = float("-inf")
@@ -200,3 +201,105 @@ def test_cuda_matches_cpu():
         *(x.cuda() for x in (q, k, v)), normalizer="entmax", alpha=alpha.cuda(), causal=True
     )
     assert (gpu.cpu() - cpu).abs().max() <= 1e-5
+
+
+# The 1.5-entmax threshold search of the tiles: exact from any first trial point (each
+# tile starts from the previous tile's thresholds), and with the rows that are still open
+# after most have settled finished on their own.
+
+
+def shifted_rows(rows, n, seed, spread=1.0):
+    """Scores times 1/2 with row maximum 0: what the 1.5-entmax search runs on."""
+    x = spread * torch.randn(rows, n, generator=torch.Generator().manual_seed(seed))
+    z = x.double()
+    return (z - z.amax(dim=-1, keepdim=True)) / 2
+
+
+def solve_entmax15(z, guess=None):
+    p, work, square = z.clone(), torch.empty_like(z), torch.empty_like(z)
+    _entmax15_newton(p, work, square, guess)
+    return p
+
+
+@pytest.mark.parametrize("start", ["cold", "exact", "below", "above", "bracket ends", "random"])
+def test_entmax15_search_is_exact_from_any_start(start, monkeypatch):
+    from attnzoo.attention import entmax as entmax_module
+
+    def no_fallback(z):
+        raise AssertionError("the search fell back to sorting")
+
+    monkeypatch.setattr(entmax_module, "_entmax15_threshold", no_fallback)
+    z = torch.cat([shifted_rows(40, 37, seed=3), shifted_rows(20, 37, seed=4, spread=0.05)])
+    z[5, 10:] = NEG_INF  # masked keys
+    z[5] -= z[5].max()
+    z[6, 0], z[6, 1:] = 0.0, -3.0  # the top entry alone
+    expected = entmax_ref.entmax15(2 * z.clamp(min=-1e4), dim=-1)
+    tau = -expected.amax(dim=-1, keepdim=True).sqrt()
+    n = z.shape[-1]
+    guesses = {
+        "cold": None,
+        "exact": tau,
+        "below": tau - 0.3,
+        "above": tau + 0.3,
+        "bracket ends": torch.tensor([-1.0, -(n**-0.5), -5.0, 5.0]).repeat(15).view(-1, 1),
+        "random": torch.empty_like(tau).uniform_(-2, 1, generator=torch.Generator().manual_seed(5)),
+    }
+    p = solve_entmax15(z, guesses[start])
+    assert (p - expected).abs().max() <= 1e-12
+    assert (p.sum(dim=-1) - 1).abs().max() <= 1e-12
+    assert (p[5, 10:] == 0).all()
+
+
+def test_entmax15_rows_still_open_are_finished_apart(monkeypatch):
+    from attnzoo.attention import entmax as entmax_module
+
+    # 60 rows whose top entry alone weighs 1 (settled by the first pass at -1) and 4
+    # Gaussian rows that need several: the 4 are copied out and finished on their own.
+    easy = torch.full((60, 50), -3.0, dtype=torch.float64)
+    easy[:, 0] = 0.0
+    hard = shifted_rows(4, 50, seed=6)
+    z = torch.cat([easy[:30], hard, easy[30:]])
+    sizes = []
+    iterate = entmax_module._entmax15_iterate
+
+    def spy(block, *args):
+        sizes.append(block.shape[0])
+        return iterate(block, *args)
+
+    monkeypatch.setattr(entmax_module, "_entmax15_iterate", spy)
+    p = solve_entmax15(z)
+    assert sizes == [64, 4]
+    assert (p - entmax_ref.entmax15(2 * z, dim=-1)).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize(("normalizer", "alpha"), [("entmax15", None), ("entmax", "per head")])
+def test_many_float32_tiles_match_the_entmax_package(normalizer, alpha):
+    # Many tiles (each starting from the previous tile's thresholds) at attention-like
+    # scale, values and gradients against the package's map on the dense scores.
+    q, k, v = qkv(2, 3, n_q=96, n_k=130, d=16, d_v=8, dtype=torch.float32, grad=True)
+    q, k = (x.detach().mul(0.5).requires_grad_() for x in (q, k))
+    a = None
+    if alpha == "per head":
+        a = torch.tensor([1.2, 1.5, 1.9]).view(1, 3, 1, 1).requires_grad_()
+    out = blockwise_attention(q, k, v, normalizer=normalizer, alpha=a, block_size=7)
+    scores = q @ k.transpose(-2, -1) * 16**-0.5
+    if a is None:
+        weights = entmax_ref.entmax15(scores, dim=-1)
+    else:
+        weights = entmax_ref.entmax_bisect(scores, alpha=a.expand(2, 3, 96, 1), dim=-1)
+    expected = weights @ v
+    assert (out - expected).abs().max() <= 1e-5
+    inputs = [q, k, v] + ([] if a is None else [a])
+    for ours, ref in zip(grads(out, inputs), grads(expected, inputs), strict=True):
+        assert (ours - ref).abs().max() <= 1e-4 * (1 + ref.abs().max())
+
+
+def test_backward_into_leaf_gradients():
+    # The key and value gradients come back as transposed views; accumulating them into
+    # .grad gives the same numbers as the dense path.
+    q, k, v = qkv(2, 2, n_q=5, n_k=9, grad=True)
+    upstream = torch.randn(2, 2, 5, 3, generator=torch.Generator().manual_seed(7), dtype=q.dtype)
+    blockwise_attention(q, k, v, normalizer="entmax15", block_size=2).backward(upstream)
+    ours = [x.grad.clone() for x in (q, k, v)]
+    dense = attend(q, k, v, normalizer="entmax15")
+    assert max_diff(ours, torch.autograd.grad(dense, [q, k, v], upstream)) <= TOL

@@ -1,0 +1,226 @@
+"""The Triton entmax attention kernels against the torch tiles of ``blockwise_attention``.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (slow: sizes are
+tiny, and most cases use one tile per axis; one case uses 16 x 16 tiles so that several
+query blocks, key tiles, ragged edges and the tile lists are exercised).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attnzoo.attention.blockwise import blockwise_attention
+
+
+def _kernels() -> ModuleType:
+    """The kernel module, built for the interpreter when there is no GPU.
+
+    ``triton.jit`` chooses between compiled and interpreted kernels when it decorates them,
+    reading TRITON_INTERPRET at that moment (not when ``triton`` itself was imported). So
+    setting the variable just around this module's import is enough even if ``triton`` was
+    imported earlier in the session; if the module was already imported with compiled
+    kernels (by another test going through ``blockwise_attention``), reloading it
+    decorates its kernels again, now for the interpreter. The variable is restored
+    afterwards so no other test sees it.
+    """
+    if torch.cuda.is_available():
+        return importlib.import_module("attnzoo.attention.triton_entmax")
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        module = importlib.import_module("attnzoo.attention.triton_entmax")
+        if not module.INTERPRETED:
+            module = importlib.reload(module)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    assert module.INTERPRETED
+    return module
+
+
+kernels = _kernels()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# float32 against float32: different summation orders and thresholds found by different
+# iterations; measured differences are below 3e-6 (and closer to float64 than the torch
+# path's), the bound leaves room for rounding only.
+ATOL, RTOL = 2e-5, 1e-4
+
+# name -> (blockwise normaliser, blockwise alpha, kernel alpha)
+MAPS = {
+    "sparsemax": ("sparsemax", None, 2.0),
+    "entmax15": ("entmax15", None, 1.5),
+    "alpha 1.3": ("entmax", 1.3, 1.3),
+}
+
+
+def _inputs(batch: int, heads: int, n_q: int, n_k: int, d: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (
+        torch.randn(batch, heads, n, d, generator=gen).to(DEVICE).requires_grad_()
+        for n in (n_q, n_k, n_k)
+    )
+    return q, k, v
+
+
+def _padding(batch: int, n_k: int, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, n_k, generator=gen) > 0.3
+    mask[-1] = False  # a fully padded sequence: its rows must come out as zeros
+    return mask.to(DEVICE)
+
+
+def _compare(ours: torch.Tensor, reference: torch.Tensor, inputs: tuple[torch.Tensor, ...]):
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=RTOL)
+    grad = torch.randn_like(ours)
+    got = torch.autograd.grad(ours, inputs, grad)
+    expected = torch.autograd.grad(reference, inputs, grad)
+    for name, a, b in zip("qkv", got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("name", list(MAPS))
+@pytest.mark.parametrize(
+    ("causal", "padded"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_matches_the_torch_path(name: str, causal: bool, padded: bool) -> None:
+    normalizer, alpha, kernel_alpha = MAPS[name]
+    # Head sizes 16 and 32; one tile per axis, or 16-row query blocks and 32-key tiles
+    # (ragged at both ends: 37 = 2 * 16 + 5, 50 = 32 + 18).
+    batch, heads, n_q, n_k, d = 2, 3, 37, 50, 32 if causal else 16
+    blocks = {"block_m": 16, "block_n": 32} if padded else {}
+    q, k, v = _inputs(batch, heads, n_q, n_k, d)
+    kpm = _padding(batch, n_k) if padded else None
+    ours = kernels.triton_entmax_attention(
+        q, k, v, alpha=kernel_alpha, causal=causal, key_padding_mask=kpm, **blocks
+    )
+    mask = None if kpm is None else kpm[:, None, None, :]
+    reference = blockwise_attention(
+        q, k, v, normalizer=normalizer, alpha=alpha, mask=mask, causal=causal, backend="torch"
+    )
+    _compare(ours, reference, (q, k, v))
+    if padded:
+        assert torch.equal(ours[-1], torch.zeros_like(ours[-1]))
+
+
+def test_several_tiles_per_axis_with_ragged_edges() -> None:
+    # 16 x 16 tiles: 3 query blocks and 4 key tiles, the last of each ragged; causal with
+    # n_q < n_k and padding, so the tile lists differ from block to block.
+    q, k, v = _inputs(2, 2, 37, 50, 32, seed=3)
+    kpm = _padding(2, 50)
+    ours = kernels.triton_entmax_attention(
+        q, k, v, alpha=1.5, causal=True, key_padding_mask=kpm, block_m=16, block_n=16
+    )
+    reference = blockwise_attention(
+        q, k, v, mask=kpm[:, None, None, :], causal=True, backend="torch"
+    )
+    _compare(ours, reference, (q, k, v))
+
+
+def test_one_alpha_per_head() -> None:
+    q, k, v = _inputs(1, 3, 20, 33, 16, seed=4)
+    alpha = torch.tensor([1.2, 1.5, 2.0], device=DEVICE)
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=alpha)
+    reference = blockwise_attention(
+        q, k, v, normalizer="entmax", alpha=alpha.view(1, 3, 1, 1), backend="torch"
+    )
+    _compare(ours, reference, (q, k, v))
+
+
+def test_single_query_and_single_key() -> None:
+    q, k, v = _inputs(1, 2, 1, 50, 16, seed=5)
+    reference = blockwise_attention(q, k, v, normalizer="sparsemax", backend="torch")
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=2.0)
+    _compare(ours, reference, (q, k, v))
+    # One key: every weight is 1 (causal with n_q > n_k leaves early rows empty).
+    q, k, v = _inputs(1, 2, 3, 1, 16, seed=6)
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=1.5, causal=True)
+    reference = blockwise_attention(q, k, v, causal=True, backend="torch")
+    _compare(ours, reference, (q, k, v))
+    assert torch.equal(ours[:, :, :2], torch.zeros_like(ours[:, :, :2]))
+
+
+def test_blockwise_dispatches_to_the_kernel() -> None:
+    q, k, v = _inputs(2, 2, 9, 12, 16, seed=7)
+    mask = _padding(2, 12)[:, None, None, :]
+    alpha = torch.tensor([1.4, 1.7], device=DEVICE).view(1, 2, 1, 1)
+    ours = blockwise_attention(
+        q, k, v, normalizer="entmax", alpha=alpha, mask=mask, causal=True, backend="triton"
+    )
+    reference = blockwise_attention(
+        q, k, v, normalizer="entmax", alpha=alpha, mask=mask, causal=True, backend="torch"
+    )
+    _compare(ours, reference, (q, k, v))
+
+
+def test_low_precision_inputs() -> None:
+    q, k, v = (x.detach().half() for x in _inputs(1, 2, 17, 23, 16, seed=8))
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=1.5)
+    assert ours.dtype == torch.float16
+    reference = blockwise_attention(q, k, v, backend="torch")
+    torch.testing.assert_close(ours, reference, atol=2e-3, rtol=1e-2)
+
+
+def test_unsupported_calls_raise() -> None:
+    q, k, v = _inputs(1, 2, 5, 6, 16)
+    with pytest.raises(ValueError, match="alpha.*> 2"):
+        blockwise_attention(q, k, v, normalizer="entmax", alpha=2.5, backend="triton")
+    learned = torch.full((1, 2, 1, 1), 1.5, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="requires grad"):
+        blockwise_attention(q, k, v, normalizer="entmax", alpha=learned, backend="triton")
+    full_mask = torch.ones(1, 2, 5, 6, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="only key padding"):
+        blockwise_attention(q, k, v, mask=full_mask, backend="triton")
+    odd_d = [torch.randn(1, 2, 5, 24, device=DEVICE) for _ in range(3)]
+    with pytest.raises(ValueError, match="head size d = 24"):
+        blockwise_attention(*odd_d, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        blockwise_attention(q, k, v, backend="cuda")
+    # The same refusals from the kernel's own entry point.
+    with pytest.raises(ValueError, match="requires grad"):
+        kernels.triton_entmax_attention(q, k, v, alpha=learned.view(2))
+    with pytest.raises(ValueError, match="head size d"):
+        kernels.triton_entmax_attention(*odd_d, alpha=1.5)
+    with pytest.raises(ValueError, match=r"per head \(2,\)"):
+        kernels.triton_entmax_attention(q, k, v, alpha=torch.tensor([1.5, 1.5, 1.5]))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        kernels.triton_entmax_attention(
+            q, k, v, alpha=1.5, key_padding_mask=torch.ones(1, 5, dtype=torch.bool)
+        )
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        kernels.triton_entmax_attention(q, k, v, alpha=1.5, key_padding_mask=torch.ones(1, 6))
+    with pytest.raises(ValueError, match="block_m"):
+        kernels.triton_entmax_attention(q, k, v, alpha=1.5, block_m=24)
+    with pytest.raises(ValueError, match="alpha"):
+        kernels.triton_entmax_attention(q, k, v, alpha=1.0)
+
+
+def test_more_newton_passes_change_nothing() -> None:
+    # The default pass count has converged: more passes give the same output.
+    q, k, v = (x.detach() for x in _inputs(1, 2, 16, 50, 16, seed=9))
+    default = kernels.triton_entmax_attention(q, k, v, alpha=2.0)
+    more = kernels.triton_entmax_attention(q, k, v, alpha=2.0, n_iter=20)
+    torch.testing.assert_close(default, more, atol=1e-6, rtol=0)
+    assert kernels.default_newton_steps(50, 2.0) < 20
+
+
+def test_importing_attnzoo_does_not_import_triton() -> None:
+    code = (
+        "import sys, torch, attnzoo, attnzoo.attention\n"
+        "from attnzoo.attention import blockwise_attention\n"
+        "q = torch.randn(1, 2, 4, 16)\n"
+        "blockwise_attention(q, q, q)\n"
+        "assert 'triton' not in sys.modules, 'triton was imported'\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
