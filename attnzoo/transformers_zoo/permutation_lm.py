@@ -41,9 +41,9 @@ allowed to see:
   exactly for the same targets and order.
 * inputs keep their tokens (the paper's point: no ``[MASK]`` symbol in pretraining); pass
   ``mask_token_id`` to replace the targets by it in ``input_ids``, as Hugging Face does.
-  Hugging Face also samples the order within the two halves of the sequence (for its
-  recurrence memory, which :class:`~attnzoo.transformers_zoo.xlnet.XLNetModel` does not
-  have) and so requires an even length; here any length works.
+  Hugging Face also samples the order within the two halves of the sequence (so that the
+  second half can be read with the first as recurrence memory) and so requires an even
+  length; here the order spans the whole sequence and any length works.
 
 Random draws use the given CPU generator (a seed gives the same batch on every device);
 results are moved to the input's device.

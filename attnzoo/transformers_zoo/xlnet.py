@@ -26,9 +26,20 @@ out without ``token_type_ids``). Each layer then does, for each stream ``x`` (``
     x = LayerNorm(x + dropout(layer_2(dropout(act(layer_1(x))))))
 
 The model computes what Hugging Face ``transformers``' ``XLNetModel`` and
-``XLNetLMHeadModel`` compute (bidirectional attention, ``attn_type="bi"``, no memory) and
-loads and saves their checkpoints (:meth:`XLNetModel.from_pretrained`,
+``XLNetLMHeadModel`` compute (bidirectional attention, ``attn_type="bi"``, with the
+recurrence memory) and loads and saves their checkpoints (:meth:`XLNetModel.from_pretrained`,
 :meth:`XLNetModel.save_pretrained`).
+
+**Memory** (Transformer-XL's recurrence, Hugging Face's ``mems``). With ``use_mems`` a call
+returns, per layer, that layer's input over ``[mems; segment]`` (the first ``reuse_len``
+positions of the segment appended, the last ``mem_len`` kept, detached:
+:func:`cache_memory`); a later call given ``mems`` puts its ``n`` tokens after those ``m``
+positions: keys and values of both streams run over the ``m + n`` positions, relative
+distances over them too, the memory is visible to every query whatever the masks say, and
+it counts as segment 0 for ``token_type_ids``. Memories are batch-first
+``(batch, m, d_model)`` (Hugging Face's are ``(m, batch, d_model)``). ``use_mems`` defaults
+to the config's ``use_mems_eval`` (True) in eval mode and ``use_mems_train`` (False) in
+training mode, as in Hugging Face; it only decides whether a memory is returned.
 
 Masks, as Hugging Face documents them (the one place the library takes 0/1 masks, because
 this is Hugging Face's interface; they are converted to boolean masks at once):
@@ -48,7 +59,8 @@ One deliberate difference: a query-stream query that ``perm_mask`` and the paddi
 with no key (the first token of the factorisation order) gets zero attention weights (the
 library's convention); Hugging Face gives it uniform weights over all keys. Its output only
 matters if ``target_mapping`` selects that position, which permutation language modelling
-never does (the first token in the order has nothing to be predicted from).
+never does (the first token in the order has nothing to be predicted from), and a memory
+never allows (every query sees it).
 
 Parameter names are Hugging Face's, and the attention projections keep its layout: ``q``,
 ``k``, ``v``, ``o`` and ``r`` are parameters of shape ``(d_model, n_head, d_head)`` (not
@@ -70,7 +82,9 @@ reshaping. The feed-forward network is the library's
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -80,7 +94,14 @@ from torch import Tensor, nn
 
 from ..attention.normalizers import masked_normalize
 from ..attention.relative import sinusoidal_relative_encoding
-from ..attention.validation import check_probability, check_rank, check_tensor, check_token_ids
+from ..attention.validation import (
+    check_int,
+    check_probability,
+    check_rank,
+    check_size,
+    check_tensor,
+    check_token_ids,
+)
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
 from .feed_forward import FeedForward
 from .generation import GenerationMixin, GenerationOptions, GenerationStart, check_unpadded_prompt
@@ -111,8 +132,13 @@ class XLNetConfig:
         layer_norm_eps: epsilon of every LayerNorm.
         dropout: dropout on the embeddings, the position encodings, the attention weights,
             the residual branches and the output.
-        mem_len: only None (no recurrence memory).
-        reuse_len: kept for the round trip (it only matters with a memory).
+        mem_len: positions of the recurrence memory kept per layer (the last ``mem_len``
+            of ``[mems; segment]``); None or 0 keeps them all. Hugging Face's default, 512.
+        reuse_len: with a memory, only the first ``reuse_len`` positions of a segment enter
+            it (None or 0: all), as in the original pretraining pipeline.
+        use_mems_eval: whether ``forward`` returns ``mems`` in eval mode when it is not
+            told (``use_mems=None``); Hugging Face's default, True.
+        use_mems_train: the same in training mode; Hugging Face's default, False.
         bi_data: only False (no bidirectional data pipeline).
         clamp_len: relative distances are clamped to ``[-clamp_len, clamp_len]`` when > 0.
         same_length: only False (it only matters for ``attn_type="uni"``).
@@ -134,8 +160,10 @@ class XLNetConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1
-    mem_len: int | None = None
+    mem_len: int | None = 512
     reuse_len: int | None = None
+    use_mems_eval: bool = True
+    use_mems_train: bool = False
     bi_data: bool = False
     clamp_len: int = -1
     same_length: bool = False
@@ -167,8 +195,12 @@ class XLNetConfig:
             raise ValueError(
                 f"`attn_type` must be 'bi' (bidirectional attention), got {self.attn_type!r}"
             )
-        if self.mem_len is not None:
-            raise ValueError(f"`mem_len` must be None (no recurrence memory), got {self.mem_len}")
+        for name in ("mem_len", "reuse_len"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=0)
+        for name in ("use_mems_eval", "use_mems_train"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
         if self.bi_data:
             raise ValueError("`bi_data` must be False, got True")
         if self.same_length:
@@ -231,6 +263,10 @@ ZOO_TO_HF_RULES: list[tuple[str, str]] = [
 
 _BASE_PREFIX = "transformer."
 
+_RERUN_TOKENS = 2
+"""Generation with a memory runs the last two tokens again at every step (Hugging Face's
+``offset = 2``), not only the newest one."""
+
 
 # --------------------------------------------------------------------------- outputs
 
@@ -247,13 +283,18 @@ class XLNetModelOutput:
             query stream's (``2 * (n_layer + 1)`` tensors, ``h0, g0, h1, g1, ...``), as in
             Hugging Face.
         attentions: with ``output_attentions``: every layer's weights
-            ``(batch, n_head, n, n)``; with ``target_mapping`` a pair per layer
-            (content stream, query stream), the query stream's rows indexed by position.
+            ``(batch, n_head, n, m + n)`` (``m`` memory positions, 0 without ``mems``);
+            with ``target_mapping`` a pair per layer (content stream, query stream), the
+            query stream's rows indexed by position.
+        mems: with ``use_mems``: the memory for the next call, one detached
+            ``(batch, m', d_model)`` tensor per layer (that layer's input over
+            ``[mems; segment]``, see :func:`cache_memory`); None otherwise.
     """
 
     last_hidden_state: Tensor
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Any, ...] | None = None
+    mems: tuple[Tensor, ...] | None = None
 
 
 @dataclass
@@ -264,13 +305,14 @@ class XLNetLMHeadModelOutput:
         loss: with ``labels``: the mean cross-entropy over labels other than -100.
         logits: ``(batch, n, vocab_size)``, or ``(batch, n_predict, vocab_size)`` with
             ``target_mapping``.
-        hidden_states, attentions: as in :class:`XLNetModelOutput`.
+        hidden_states, attentions, mems: as in :class:`XLNetModelOutput`.
     """
 
     loss: Tensor | None
     logits: Tensor
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Any, ...] | None = None
+    mems: tuple[Tensor, ...] | None = None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -316,20 +358,84 @@ def _perm_mask(perm_mask: Tensor | None, shape: tuple[int, int, int]) -> Tensor 
     return perm_mask == 1
 
 
-def relative_positions(n: int, d_model: int, clamp_len: int, device: torch.device) -> Tensor:
-    """Sinusoidal encodings of the relative distances ``n, n - 1, ..., -n + 1``.
+def relative_positions(
+    n: int, d_model: int, clamp_len: int, device: torch.device, memory_len: int = 0
+) -> Tensor:
+    """Sinusoidal encodings of the relative distances ``m + n, m + n - 1, ..., -n + 1``
+    between ``n`` queries and the ``m + n`` keys of ``[memory; segment]`` (``m =
+    memory_len``; the first, ``m + n``, is never read, as in Hugging Face's table).
 
-    Row ``p`` encodes the distance ``n - p`` as ``[sin(d * f), cos(d * f)]`` with the
+    Row ``p`` encodes the distance ``m + n - p`` as ``[sin(d * f), cos(d * f)]`` with the
     frequencies ``f_k = 10000 ** (-2k / d_model)``; distances are clamped to
     ``[-clamp_len, clamp_len]`` when ``clamp_len > 0``.
 
     Returns:
-        ``(2 n, d_model)`` float32.
+        ``(m + 2 n, d_model)`` float32.
     """
-    distance = torch.arange(n, -n, -1, device=device)
+    distance = torch.arange(memory_len + n, -n, -1, device=device)
     if clamp_len > 0:
         distance = distance.clamp(-clamp_len, clamp_len)
     return sinusoidal_relative_encoding(distance, d_model)
+
+
+def cache_memory(
+    layer_input: Tensor, memory: Tensor | None, mem_len: int | None, reuse_len: int | None
+) -> Tensor:
+    """The memory one layer hands to the next call (Hugging Face's ``cache_mem``).
+
+    The first ``reuse_len`` positions of the segment (all of them when None or 0) are
+    appended to ``memory`` and the last ``mem_len`` positions of the result kept (all of
+    them when None or 0); no gradient flows back through a memory.
+
+    Args:
+        layer_input: ``(batch, n, d_model)``, the layer's input over the segment.
+        memory: ``(batch, m, d_model)``, the memory the layer attended to, or None.
+        mem_len, reuse_len: as in :class:`XLNetConfig`.
+
+    Returns:
+        ``(batch, m', d_model)``, detached.
+    """
+    if reuse_len:
+        layer_input = layer_input[:, :reuse_len]
+    joined = layer_input if memory is None else torch.cat([memory, layer_input], dim=1)
+    if mem_len:
+        joined = joined[:, -mem_len:]
+    return joined.detach()
+
+
+def _memory_length(
+    mems: Sequence[Tensor] | None,
+    batch: int,
+    config: XLNetConfig,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> int:
+    """Check ``mems`` (one ``(batch, m, d_model)`` tensor per layer, the same ``m`` in
+    each, the model's ``dtype``, on the input's ``device``) and return ``m`` (0 when
+    ``mems`` is None)."""
+    if mems is None:
+        return 0
+    if not isinstance(mems, (list, tuple)):
+        raise TypeError(
+            f"`mems` must be a tuple of tensors (one per layer), got {type(mems).__name__}"
+        )
+    if len(mems) != config.n_layer:
+        raise ValueError(
+            f"`mems` must hold one tensor per layer (n_layer = {config.n_layer}), got {len(mems)}"
+        )
+    for i, mem in enumerate(mems):
+        check_tensor(mem, f"mems[{i}]")
+        check_rank(mem, 3, f"mems[{i}]", "(batch, m, d_model)")
+        check_size(mem, 0, batch, f"mems[{i}]", "the batch size of `input_ids`")
+        check_size(mem, 1, mems[0].shape[1], f"mems[{i}]", "the memory length of `mems[0]`")
+        check_size(mem, 2, config.d_model, f"mems[{i}]", "d_model")
+        if mem.dtype != dtype:
+            raise TypeError(f"`mems[{i}]` must have the model's dtype {dtype}, got {mem.dtype}")
+        if mem.device != device:
+            raise ValueError(
+                f"`mems[{i}]` must be on the device of `input_ids` ({device}), got {mem.device}"
+            )
+    return mems[0].shape[1]
 
 
 # --------------------------------------------------------------------------- layers
@@ -366,25 +472,33 @@ class XLNetRelativeAttention(nn.Module):
         positions: Tensor,
         other_segment: Tensor | None,
         target_mapping: Tensor | None,
+        memory: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """One attention sub-layer for both streams.
+
+        Keys and values come from ``[memory; h]`` (``k = m + n`` positions, ``m`` = 0
+        without ``memory``); queries from ``h`` (and ``g``) only.
 
         Args:
             h: content stream ``(batch, n, d_model)``.
             g: query stream ``(batch, n_predict, d_model)`` or None.
-            mask_h, mask_g: boolean ``(batch, n, n)`` (or broadcastable), True = may attend;
-                None = everything allowed.
-            positions: relative encodings ``(batch, 2 n, d_model)``.
-            other_segment: boolean ``(batch, n, n)``, True where the tokens' segments
+            mask_h, mask_g: boolean ``(batch, n, k)`` (or broadcastable), True = may
+                attend; None = everything allowed.
+            positions: relative encodings ``(batch, m + 2 n, d_model)``
+                (:func:`relative_positions`).
+            other_segment: boolean ``(batch, n, k)``, True where the tokens' segments
                 differ, or None (no segment term).
             target_mapping: ``(batch, n_predict, n)`` when ``g`` is given.
+            memory: ``(batch, m, d_model)`` this layer's memory (its input at earlier
+                positions), or None.
 
         Returns:
             ``(h, g, weights_h, weights_g)``: the new streams and the attention weights
-            ``(batch, n_head, n, n)`` (``g`` and ``weights_g`` None without ``g``).
+            ``(batch, n_head, n, k)`` (``g`` and ``weights_g`` None without ``g``).
         """
-        k = torch.einsum("bjh,hnd->bnjd", h, self.k)
-        v = torch.einsum("bjh,hnd->bnjd", h, self.v)
+        keys = h if memory is None else torch.cat([memory, h], dim=1)
+        k = torch.einsum("bjh,hnd->bnjd", keys, self.k)
+        v = torch.einsum("bjh,hnd->bnjd", keys, self.v)
         k_r = torch.einsum("bph,hnd->bnpd", positions, self.r)
         q_h = torch.einsum("bih,hnd->bnid", h, self.q)
         vec_h, weights_h = self._attend(q_h, k, v, k_r, other_segment, mask_h)
@@ -409,16 +523,18 @@ class XLNetRelativeAttention(nn.Module):
         mask: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Relative attention: ``q`` ``(batch, heads, n, d_head)``, ``k``/``v``
-        ``(batch, heads, n, d_head)``, ``k_r`` ``(batch, heads, 2 n, d_head)`` ->
-        ``(output (batch, heads, n, d_head), weights (batch, heads, n, n))``."""
-        n = q.shape[2]
+        ``(batch, heads, m + n, d_head)`` (``m`` memory positions first), ``k_r``
+        ``(batch, heads, m + 2 n, d_head)`` -> ``(output (batch, heads, n, d_head),
+        weights (batch, heads, n, m + n))``."""
+        n, n_keys = q.shape[2], k.shape[2]
         content = torch.einsum("bnid,bnjd->bnij", q + self.r_w_bias[:, None], k)
         position = torch.einsum("bnid,bnpd->bnip", q + self.r_r_bias[:, None], k_r)
-        # Row p of k_r encodes the distance n - p, so the pair (i, j) (distance i - j)
-        # reads column p = n - i + j.
+        # Query i sits at position m + i; row p of k_r encodes the distance m + n - p, so
+        # the pair (i, j) (distance m + i - j) reads column p = n - i + j.
         i = torch.arange(n, device=q.device)
-        column = n - i[:, None] + i[None, :]
-        position = position.gather(3, column.expand(*position.shape[:2], n, n))
+        j = torch.arange(n_keys, device=q.device)
+        column = n - i[:, None] + j[None, :]
+        position = position.gather(3, column.expand(*position.shape[:2], n, n_keys))
         scores = content + position
         if other_segment is not None:
             segment = torch.einsum("bnid,snd->bnis", q + self.r_s_bias[:, None], self.seg_embed)
@@ -471,11 +587,12 @@ class XLNetLayer(nn.Module):
         positions: Tensor,
         other_segment: Tensor | None,
         target_mapping: Tensor | None,
+        memory: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """See :meth:`XLNetRelativeAttention.forward`; returns ``(h, g, weights_h,
         weights_g)``."""
         h, g, weights_h, weights_g = self.rel_attn(
-            h, g, mask_h, mask_g, positions, other_segment, target_mapping
+            h, g, mask_h, mask_g, positions, other_segment, target_mapping, memory
         )
         return self.ff(h), None if g is None else self.ff(g), weights_h, weights_g
 
@@ -502,7 +619,7 @@ class XLNetPreTrainedModel(PretrainedMixin, nn.Module):
 
 
 class XLNetModel(XLNetPreTrainedModel):
-    """The XLNet encoder (Hugging Face ``XLNetModel``, ``attn_type="bi"``, no memory).
+    """The XLNet encoder (Hugging Face ``XLNetModel``, ``attn_type="bi"``).
 
     Args:
         config: an :class:`XLNetConfig`.
@@ -554,8 +671,16 @@ class XLNetModel(XLNetPreTrainedModel):
         input_mask: Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        mems: Sequence[Tensor] | None = None,
+        use_mems: bool | None = None,
     ) -> XLNetModelOutput:
-        """Encode ``input_ids``.
+        """Encode ``input_ids``, after the memory ``mems`` when it is given.
+
+        With ``mems`` (``m`` positions per layer) the segment's ``n`` tokens sit at
+        positions ``m ... m + n - 1``: every query also attends to the memory (both
+        streams; masks, padding and ``perm_mask`` cover the segment only, the memory is
+        always visible, and it counts as segment 0 for ``token_type_ids``), as in Hugging
+        Face.
 
         Args:
             input_ids: ``(batch, n)`` token ids in ``[0, vocab_size)``.
@@ -568,6 +693,11 @@ class XLNetModel(XLNetPreTrainedModel):
             input_mask: ``(batch, n)``, True or 1 = padding (instead of ``attention_mask``).
             output_attentions: return every layer's attention weights.
             output_hidden_states: return every layer's input and the last output.
+            mems: the memory, one ``(batch, m, d_model)`` tensor per layer (a previous
+                call's ``mems``), or None.
+            use_mems: return the memory for the next call (``mems`` of the output); None =
+                ``config.use_mems_train`` in training mode, ``config.use_mems_eval`` in
+                eval mode. A given ``mems`` is attended to either way.
 
         Returns:
             :class:`XLNetModelOutput`; ``last_hidden_state`` is ``(batch, n, d_model)``, or
@@ -577,6 +707,14 @@ class XLNetModel(XLNetPreTrainedModel):
         check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         batch, n = input_ids.shape
         device = input_ids.device
+        config = self.config
+        if use_mems is None:
+            use_mems = config.use_mems_train if self.training else config.use_mems_eval
+        elif not isinstance(use_mems, bool):
+            raise TypeError(f"`use_mems` must be a bool or None, got {use_mems!r}")
+        memory_len = _memory_length(
+            mems, batch, config, self.word_embedding.weight.dtype, input_ids.device
+        )
         padding = _padding_mask(attention_mask, input_mask, (batch, n))
         blocked = _perm_mask(perm_mask, (batch, n, n))
         if padding is not None:
@@ -584,9 +722,12 @@ class XLNetModel(XLNetPreTrainedModel):
         if blocked is None:
             mask_h = mask_g = None
         else:
-            mask_g = ~blocked
-            # A content-stream query always sees its own token.
-            mask_h = mask_g | torch.eye(n, dtype=torch.bool, device=device)
+            mask_g = F.pad(~blocked, (memory_len, 0), value=True)
+            # A content-stream query always sees its own token (query i is key m + i).
+            own = torch.arange(memory_len + n, device=device) == (
+                torch.arange(n, device=device)[:, None] + memory_len
+            )
+            mask_h = mask_g | own
 
         h = self.dropout(self.word_embedding(input_ids))
         g = None
@@ -612,16 +753,22 @@ class XLNetModel(XLNetPreTrainedModel):
                     f"`token_type_ids` must have shape {(batch, n)}, "
                     f"got {tuple(token_type_ids.shape)}"
                 )
-            other_segment = token_type_ids[:, :, None] != token_type_ids[:, None, :]
+            key_types = token_type_ids
+            if memory_len:
+                key_types = torch.cat([token_type_ids.new_zeros(batch, memory_len), key_types], 1)
+            other_segment = token_type_ids[:, :, None] != key_types[:, None, :]
 
-        config = self.config
-        positions = relative_positions(n, config.d_model, config.clamp_len, device)
+        positions = relative_positions(n, config.d_model, config.clamp_len, device, memory_len)
         # One dropout draw per sequence, as Hugging Face (which expands to the batch first).
         positions = self.dropout(positions.to(h.dtype).expand(batch, -1, -1))
 
         hidden: list[Tensor] | None = [] if output_hidden_states else None
         attentions: list[Any] | None = [] if output_attentions else None
-        for layer in self.layer:
+        new_mems: list[Tensor] = []
+        for index, layer in enumerate(self.layer):
+            memory = None if mems is None else mems[index]
+            if use_mems:
+                new_mems.append(cache_memory(h, memory, config.mem_len, config.reuse_len))
             if hidden is not None:
                 hidden.extend([h] if g is None else [h, g])
             h, g, weights_h, weights_g = run_layer(
@@ -634,6 +781,7 @@ class XLNetModel(XLNetPreTrainedModel):
                 positions,
                 other_segment,
                 target_mapping,
+                memory,
             )
             if attentions is not None:
                 attentions.append(weights_h if g is None else (weights_h, weights_g))
@@ -643,6 +791,7 @@ class XLNetModel(XLNetPreTrainedModel):
             last_hidden_state=self.dropout(h if g is None else g),
             hidden_states=tuple(hidden) if hidden is not None else None,
             attentions=tuple(attentions) if attentions is not None else None,
+            mems=tuple(new_mems) if use_mems else None,
         )
 
     @classmethod
@@ -664,11 +813,15 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
     ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
     decodes as Hugging Face's XLNet does: every step appends a dummy token (id 0) that
     ``perm_mask`` hides from every position and predicts it through the query stream
-    (``target_mapping`` selects it). This model has no recurrence memory, so every step
-    runs the whole sequence: the tokens of Hugging Face's ``generate(..., use_mems=False)``.
-    Hugging Face's default reuses ``mems`` (earlier positions' hidden states frozen from
-    the step that computed them, without the tokens generated since), an approximation
-    that can pick other tokens.
+    (``target_mapping`` selects it). By default (``use_mems`` None, with the config's
+    ``use_mems_eval=True`` in eval mode) the steps carry the memory as Hugging Face's do:
+    after the first step (the whole prompt), a step runs only the last two tokens and the
+    dummy on top of the memory of the earlier positions, whose hidden states stay as the
+    step that computed them saw them (before each step the memory drops its last two
+    positions, the previous step's last token and dummy; ``mem_len`` bounds it).
+    ``generate(..., use_mems=False)`` recomputes the whole sequence every step (slower;
+    every position sees every token), as Hugging Face's ``use_mems=False``. The two can
+    pick different tokens.
 
     Args:
         config: an :class:`XLNetConfig`.
@@ -703,6 +856,8 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
         labels: Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        mems: Sequence[Tensor] | None = None,
+        use_mems: bool | None = None,
     ) -> XLNetLMHeadModelOutput:
         """Scores over the vocabulary (arguments as :meth:`XLNetModel.forward`).
 
@@ -713,7 +868,8 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
 
         Returns:
             :class:`XLNetLMHeadModelOutput`; ``logits`` ``(batch, n or n_predict,
-            vocab_size)``, ``loss`` the mean cross-entropy when ``labels`` is given.
+            vocab_size)``, ``loss`` the mean cross-entropy when ``labels`` is given,
+            ``mems`` the memory for the next segment with ``use_mems``.
         """
         out = self.transformer(
             input_ids,
@@ -724,6 +880,8 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
             input_mask=input_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            mems=mems,
+            use_mems=use_mems,
         )
         logits = self.lm_loss(out.last_hidden_state)
         loss = None
@@ -737,22 +895,34 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
             )
         return XLNetLMHeadModelOutput(
-            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            mems=out.mems,
         )
 
     def _begin_generation(
-        self, input_ids: Tensor, attention_mask: Tensor | None, options: GenerationOptions
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        options: GenerationOptions,
+        use_mems: bool | None = None,
     ) -> GenerationStart:
         """Generation's start: unpadded prompts ``input_ids`` ``(batch, n)`` (Hugging Face's
         XLNet ``generate`` ignores ``attention_mask``, so a mask with padding is a
         ``ValueError``); EOS and padding default to ``config.eos_token_id`` and
         ``config.pad_token_id``. ``options`` is unused: relative positions set no length
-        limit."""
+        limit. ``use_mems``: carry the memory from step to step (None: the config's
+        ``use_mems_eval`` or ``use_mems_train``, by the model's mode), see the class
+        docstring."""
         check_unpadded_prompt(input_ids, attention_mask, "XLNet")
         check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        if use_mems is not None and not isinstance(use_mems, bool):
+            raise TypeError(f"`use_mems` must be a bool or None, got {use_mems!r}")
         return GenerationStart(
-            step=self._generation_step,
-            state={"tokens": input_ids, "first": True},
+            step=functools.partial(self._generation_step, use_mems=use_mems),
+            state={"tokens": input_ids, "mems": None, "first": True},
             history=input_ids,
             prefix=input_ids,
             eos=self.config.eos_token_id,
@@ -760,22 +930,40 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
         )
 
     def _generation_step(
-        self, prev_tokens: Tensor, state: dict[str, Any]
+        self, prev_tokens: Tensor, state: dict[str, Any], use_mems: bool | None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Append the previous token (not at the first step) and the hidden dummy token,
-        run the whole sequence and return the dummy's logits ``(N, vocab_size)``."""
+        """Append the previous token (not at the first step), run the tokens the memory
+        does not cover and the hidden dummy token, and return the dummy's logits
+        ``(N, vocab_size)``.
+
+        ``state``: ``tokens`` ``(N, t)`` every token so far; ``mems`` the memory of the
+        previous step (one ``(N, m, d_model)`` tensor per layer; beam search reorders it
+        with the beams) or None, in which case the whole sequence runs."""
         tokens = state["tokens"]
         if not state["first"]:
             tokens = torch.cat([tokens, prev_tokens[:, None]], dim=1)
-        batch, n = tokens.shape
-        ids = F.pad(tokens, (0, 1), value=0)
+        mems = state["mems"]
+        fed = tokens
+        if mems is not None:
+            # The memory ends with the previous step's last real token and its dummy;
+            # both are dropped and that token is run again next to the new one.
+            fed = tokens[:, -_RERUN_TOKENS:]
+            mems = tuple(mem[:, :-_RERUN_TOKENS] for mem in mems)
+        batch, n = fed.shape
+        ids = F.pad(fed, (0, 1), value=0)
         hidden_dummy = torch.zeros(batch, n + 1, n + 1, dtype=torch.bool, device=ids.device)
         hidden_dummy[:, :, -1] = True
         target_mapping = torch.zeros(batch, 1, n + 1, device=ids.device)
         target_mapping[:, 0, -1] = 1.0
-        out = self.transformer(ids, perm_mask=hidden_dummy, target_mapping=target_mapping)
+        out = self.transformer(
+            ids,
+            perm_mask=hidden_dummy,
+            target_mapping=target_mapping,
+            mems=mems,
+            use_mems=use_mems,
+        )
         logits = self.lm_loss(out.last_hidden_state[:, 0])
-        return logits, {"tokens": tokens, "first": False}
+        return logits, {"tokens": tokens, "mems": out.mems, "first": False}
 
     @classmethod
     def transform_from_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -800,6 +988,7 @@ __all__ = [
     "XLNetModel",
     "XLNetModelOutput",
     "XLNetRelativeAttention",
+    "cache_memory",
     "config_from_hf",
     "config_to_hf",
     "relative_positions",

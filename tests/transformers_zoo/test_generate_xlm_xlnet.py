@@ -9,9 +9,10 @@ Beam search: ours keeps searching while an open beam could still beat the worst 
 hypothesis (an exact bound), which is Hugging Face's ``early_stopping="never"``; with
 ``length_normalization="length"`` it ranks as Hugging Face does (``sum log p / L ** lp``).
 
-XLNet: ours has no recurrence memory and runs the whole sequence every step, which is
-Hugging Face's ``generate(..., use_mems=False)``. (Hugging Face's default reuses ``mems``,
-hidden states frozen from earlier steps; on these models it picks other tokens.)
+XLNet runs twice: with the default, which carries the memory ``mems`` from step to step
+(Hugging Face's default ``use_mems``), and with ``use_mems_eval=False`` in our config against
+Hugging Face's ``generate(..., use_mems=False)`` (the whole sequence every step). The two
+pick different tokens on these models, so each parity is a test of its own path.
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ def xlm_pair(tmp_path, causal: bool, seed: int = 0):
     return hf, XLMWithLMHeadModel.from_pretrained(tmp_path).eval()
 
 
-def xlnet_pair(tmp_path, seed: int = 1):
+def xlnet_pair(tmp_path, seed: int = 1, mem_len: int | None = None, **overrides):
+    """Hugging Face's XLNet and ours with its weights (``overrides``: our config fields)."""
     config = transformers.XLNetConfig(
         vocab_size=VOCAB,
         d_model=32,
         n_layer=2,
         n_head=4,
         d_inner=64,
-        mem_len=None,
+        mem_len=mem_len,
         layer_norm_eps=1e-6,
         tie_word_embeddings=False,
         eos_token_id=XLNET_EOS,
@@ -90,7 +92,7 @@ def xlnet_pair(tmp_path, seed: int = 1):
     hf = transformers.XLNetLMHeadModel(config).eval()
     widen(hf, "lm_loss", XLNET_EOS)
     hf.save_pretrained(tmp_path)
-    return hf, XLNetLMHeadModel.from_pretrained(tmp_path).eval()
+    return hf, XLNetLMHeadModel.from_pretrained(tmp_path, **overrides).eval()
 
 
 @dataclass
@@ -111,11 +113,14 @@ class Pair:
         return self.hf.generate(ids, **options, **kwargs)
 
 
-@pytest.fixture(scope="module", params=["xlm", "xlm-causal", "xlnet"])
+@pytest.fixture(scope="module", params=["xlm", "xlm-causal", "xlnet", "xlnet-no-mems"])
 def pair(request, tmp_path_factory) -> Pair:
     path = tmp_path_factory.mktemp(request.param)
     if request.param == "xlnet":
-        return Pair(*xlnet_pair(path), XLNET_EOS, XLNET_PAD, {"use_mems": False})
+        return Pair(*xlnet_pair(path), XLNET_EOS, XLNET_PAD, {})
+    if request.param == "xlnet-no-mems":
+        models = xlnet_pair(path, use_mems_eval=False)
+        return Pair(*models, XLNET_EOS, XLNET_PAD, {"use_mems": False})
     hf, ours = xlm_pair(path, causal=request.param == "xlm-causal")
     return Pair(hf, ours, XLM_EOS, XLM_PAD, {})
 
@@ -289,3 +294,63 @@ def test_xlnet_step_is_the_hidden_dummy_prediction(tmp_path):
     assert torch.equal(first, logits.argmax(-1))
     with pytest.raises(TypeError, match="unexpected keyword"):
         ours.generate(ids, langs=ids, max_new_tokens=3)
+
+
+# ---------------------------------------------------------------------------------------
+# XLNet: the memory across steps
+# ---------------------------------------------------------------------------------------
+
+
+def test_xlnet_short_memory_and_explicit_use_mems_match_hf(tmp_path):
+    """With ``mem_len=4`` the memory is cut every step; ``generate(use_mems=...)`` picks
+    the path whatever the config says, as Hugging Face's keyword does."""
+    hf, ours = xlnet_pair(tmp_path, seed=3, mem_len=4)
+    ids = prompts(seed=6)
+    beams = dict(num_beams=3, length_penalty=2.0)
+    beamed = {}
+    for use_mems in (True, False):
+        got = ours.generate(ids, max_new_tokens=NEW, use_mems=use_mems)
+        want = hf.generate(ids, max_new_tokens=NEW, do_sample=False, use_mems=use_mems)
+        assert torch.equal(got, want), use_mems
+        got = beamed[use_mems] = ours.generate(
+            ids, max_new_tokens=NEW, use_mems=use_mems, length_normalization="length", **beams
+        )
+        want = hf.generate(
+            ids,
+            max_new_tokens=NEW,
+            do_sample=False,
+            use_mems=use_mems,
+            early_stopping="never",
+            **beams,
+        )
+        assert_same_tokens(got, want, XLNET_PAD)
+    default = ours.generate(ids, max_new_tokens=NEW)
+    assert torch.equal(default, ours.generate(ids, max_new_tokens=NEW, use_mems=True))
+    # The two paths differ here, greedy and beams alike: each parity above is its own.
+    assert not torch.equal(default, ours.generate(ids, max_new_tokens=NEW, use_mems=False))
+    assert not torch.equal(beamed[True], beamed[False])
+    with pytest.raises(TypeError, match="use_mems"):
+        ours.generate(ids, max_new_tokens=3, use_mems=1)
+
+
+def test_xlnet_memory_steps_run_two_tokens_and_the_dummy(tmp_path):
+    """After the prompt, a step with the memory runs 3 positions on top of it (the last
+    two tokens and the dummy); without it, the whole sequence and the dummy."""
+    _, ours = xlnet_pair(tmp_path)
+    ids = prompts(seed=7, batch=2)
+    seen: list[tuple[int, int]] = []
+
+    def record(module, args, kwargs, output):
+        mems = kwargs.get("mems")
+        seen.append((args[0].shape[1], 0 if mems is None else mems[0].shape[1]))
+
+    handle = ours.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        ours.generate(ids, max_new_tokens=4, min_new_tokens=4)
+        with_memory, seen[:] = list(seen), []
+        ours.generate(ids, max_new_tokens=4, min_new_tokens=4, use_mems=False)
+    finally:
+        handle.remove()
+    # (tokens run, memory length): the memory drops the last token and the dummy.
+    assert with_memory == [(6, 0), (3, 4), (3, 5), (3, 6)]
+    assert seen == [(6, 0), (7, 0), (8, 0), (9, 0)]

@@ -287,7 +287,7 @@ def test_unknown_and_missing_keys_are_listed(tmp_path):
 def test_config_errors_and_round_trip():
     for kwargs, name in [
         ({"attn_type": "uni"}, "attn_type"),
-        ({"mem_len": 512}, "mem_len"),
+        ({"mem_len": -1}, "mem_len"),
         ({"bi_data": True}, "bi_data"),
         ({"same_length": True}, "same_length"),
         ({"ff_activation": "swish"}, "ff_activation"),
