@@ -104,7 +104,8 @@ def select_layers(model: nn.Module, keep: Sequence[int]) -> None:
     replaced: dict[int, Any] = {}
     for module in model.modules():
         config = getattr(module, "config", None)
-        if config is None or not dataclasses.is_dataclass(config):
+        # A dataclass class (not an instance) holds no depth of this model to update.
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
             continue
         if id(config) not in replaced:
             changes = {}

@@ -85,6 +85,8 @@ class LsqQuantizer(nn.Module):
         per_example: activations (True) or a weight (False).
     """
 
+    initialized: Tensor
+
     def __init__(self, bits: int = 8, per_example: bool = False) -> None:
         super().__init__()
         self.qn, self.qp = signed_range(bits)
@@ -127,6 +129,9 @@ class EmaAbsMax(nn.Module):
         decay: EMA decay in ``[0, 1)`` (Q8BERT: 0.9999).
         levels: 127 for 8 bits.
     """
+
+    max_abs: Tensor
+    initialized: Tensor
 
     def __init__(self, decay: float = 0.9999, levels: int = 127) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,11 @@ class AdaptiveCluster(nn.Module):
         return hidden @ self.projection if self.projection is not None else hidden
 
 
+def _cluster_list(clusters: nn.ModuleList) -> list[AdaptiveCluster]:
+    """The entries of a ``clusters`` list (built from :class:`AdaptiveCluster` only), typed."""
+    return cast("list[AdaptiveCluster]", list(clusters))
+
+
 class AdaptiveEmbedding(nn.Module):
     """Adaptive input embedding (Baevski & Auli 2019; Transformer-XL's ``AdaptiveEmbedding``).
 
@@ -154,9 +160,11 @@ class AdaptiveEmbedding(nn.Module):
         """Integer ids ``(...)`` in ``[0, vocab_size)`` -> embeddings ``(..., dim)``."""
         check_token_ids(input_ids, self.vocab_size, "input_ids")
         flat = input_ids.reshape(-1)
-        dtype = self.clusters[0].weight.dtype
-        out = torch.zeros(flat.shape[0], self.dim, dtype=dtype, device=flat.device)
-        for (lo, hi), cluster in zip(pairwise(self.bounds), self.clusters, strict=True):
+        clusters = _cluster_list(self.clusters)
+        out = torch.zeros(
+            flat.shape[0], self.dim, dtype=clusters[0].weight.dtype, device=flat.device
+        )
+        for (lo, hi), cluster in zip(pairwise(self.bounds), clusters, strict=True):
             rows = ((flat >= lo) & (flat < hi)).nonzero().squeeze(1)
             if rows.numel():
                 out = out.index_copy(0, rows, cluster.embed(flat[rows] - lo))
@@ -245,7 +253,8 @@ class AdaptiveSoftmax(nn.Module):
                 f"`tie_projs` must be a bool or one per cluster ({len(self.clusters)}), "
                 f"got {len(projs)}"
             )
-        for ours, source, share_proj in zip(self.clusters, embedding.clusters, projs, strict=True):
+        ours_all, theirs_all = _cluster_list(self.clusters), _cluster_list(embedding.clusters)
+        for ours, source, share_proj in zip(ours_all, theirs_all, projs, strict=True):
             if tie_weight:
                 ours.weight = source.weight
             if share_proj and ours.projection is not None:
@@ -348,7 +357,7 @@ class AdaptiveSoftmax(nn.Module):
 
     def _head_log_prob(self, flat: Tensor) -> Tensor:
         """``(m, dim)`` -> ``(m, shortlist + n_tails)``."""
-        first = self.clusters[0]
+        first = _cluster_list(self.clusters)[0]
         weight = torch.cat([first.weight, self.cluster_weight])
         bias = None
         if first.bias is not None and self.cluster_bias is not None:
@@ -357,7 +366,7 @@ class AdaptiveSoftmax(nn.Module):
 
     def _tail_log_prob(self, flat: Tensor, i: int) -> Tensor:
         """``(m, dim)`` -> ``(m, size_i)``: log-probabilities within cluster ``i``."""
-        cluster = self.clusters[i]
+        cluster = _cluster_list(self.clusters)[i]
         return _log_softmax(F.linear(cluster.down(flat), cluster.weight, cluster.bias))
 
     def _full_log_prob(self, flat: Tensor, head: Tensor) -> Tensor:

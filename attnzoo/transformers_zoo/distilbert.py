@@ -53,7 +53,7 @@ from .albert import (
 )
 from .bert import masked_lm_loss
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, init_hf_weights
-from .embeddings import Embeddings, sinusoidal_table
+from .embeddings import Embeddings, LearnedPositionalEmbedding, sinusoidal_table
 from .feed_forward import activate
 from .stacks import StackConfig, StackOutput, TransformerEncoder, set_gradient_checkpointing
 
@@ -216,7 +216,7 @@ class DistilBertModel(_DistilBertPretrained, nn.Module):
         init_hf_weights(self, config.initializer_range)
         if config.sinusoidal_pos_embds:
             position = self.embeddings.position_embeddings
-            assert position is not None
+            assert isinstance(position, LearnedPositionalEmbedding)
             with torch.no_grad():
                 position.weight.copy_(sinusoidal_table(config.max_position_embeddings, config.dim))
             position.weight.requires_grad_(False)

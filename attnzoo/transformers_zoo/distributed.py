@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -193,7 +193,9 @@ def full_state_dicts(
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=options)
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    # A full state dict has its shards gathered: every model entry is a plain tensor.
+    return cast(dict[str, Tensor], model_state), optimizer_state
 
 
 def load_full_state_dicts(
@@ -212,7 +214,7 @@ def load_full_state_dicts(
     set_state_dict(
         model,
         optimizer,
-        model_state_dict=model_state,
+        model_state_dict=dict(model_state),  # torch types the values wider than Tensor
         optim_state_dict=optimizer_state,
         options=StateDictOptions(full_state_dict=True),
     )
@@ -278,8 +280,8 @@ def sharded_batches(
     """
     check_int(batch_size, "batch_size")
     rank, world_size = rank_and_world_size()
-    sampler = DistributedSampler(
-        dataset,  # type: ignore[arg-type]
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset,
         num_replicas=world_size,
         rank=rank,
         shuffle=shuffle,

@@ -405,8 +405,8 @@ def train_clip(
         ids, mask = model.text_encoder.tokenize(captions)
         return images, ids, mask
 
-    def loss_fn(module: nn.Module, item: object) -> Tensor:
-        images, ids, mask = item  # type: ignore[misc]
+    def loss_fn(module: nn.Module, item: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        images, ids, mask = item
         return module(images, ids, mask, return_loss=True).loss  # type: ignore[no-any-return]
 
     history = fit(

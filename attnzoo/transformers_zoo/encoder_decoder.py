@@ -59,7 +59,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -283,6 +283,10 @@ class BertDecoder(nn.Module):
         hf.update(is_decoder=True, add_cross_attention=True, architectures=["BertLMHeadModel"])
         return hf
 
+    def hf_config(self) -> dict[str, Any]:
+        """:meth:`config_to_hf` of this decoder's own config."""
+        return self.config_to_hf(self.config)
+
     @classmethod
     def state_to_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Hugging Face ``BertLMHeadModel`` names; the tied output matrix is not written
@@ -435,6 +439,10 @@ class GPT2Decoder(nn.Module):
         """The ``config.json`` dict of a Hugging Face ``GPT2LMHeadModel`` with
         cross-attention."""
         return {**gpt2_config_to_hf(config), "add_cross_attention": True}
+
+    def hf_config(self) -> dict[str, Any]:
+        """:meth:`config_to_hf` of this decoder's own config."""
+        return self.config_to_hf(self.config)
 
     @classmethod
     def state_to_hf(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -673,6 +681,43 @@ class EncoderDecoderModel(GenerationMixin, nn.Module):
 
     # ----- loading -------------------------------------------------------------------
 
+    @overload
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_path: str | os.PathLike[str],
+        decoder_path: str | os.PathLike[str],
+        encoder_class: type[BertModel] = ...,
+        decoder_class: type[BertDecoder] | type[GPT2Decoder] | None = ...,
+        output_loading_info: Literal[False] = ...,
+        **token_ids: int | None,
+    ) -> EncoderDecoderModel: ...
+
+    @overload
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_path: str | os.PathLike[str],
+        decoder_path: str | os.PathLike[str],
+        encoder_class: type[BertModel] = ...,
+        decoder_class: type[BertDecoder] | type[GPT2Decoder] | None = ...,
+        *,
+        output_loading_info: Literal[True],
+        **token_ids: int | None,
+    ) -> tuple[EncoderDecoderModel, LoadingInfo]: ...
+
+    @overload
+    @classmethod
+    def from_encoder_decoder_pretrained(
+        cls,
+        encoder_path: str | os.PathLike[str],
+        decoder_path: str | os.PathLike[str],
+        encoder_class: type[BertModel] = ...,
+        decoder_class: type[BertDecoder] | type[GPT2Decoder] | None = ...,
+        output_loading_info: bool = ...,
+        **token_ids: int | None,
+    ) -> EncoderDecoderModel | tuple[EncoderDecoderModel, LoadingInfo]: ...
+
     @classmethod
     def from_encoder_decoder_pretrained(
         cls,
@@ -779,7 +824,7 @@ class EncoderDecoderModel(GenerationMixin, nn.Module):
             "architectures": ["EncoderDecoderModel"],
             "is_encoder_decoder": True,
             "encoder": encoder_class.config_to_hf(self.encoder.config),
-            "decoder": type(self.decoder).config_to_hf(self.decoder.config),
+            "decoder": self.decoder.hf_config(),
             "decoder_start_token_id": self.decoder_start_token_id,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,

@@ -38,7 +38,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -109,7 +109,12 @@ def _reorder(state: Any, index: Tensor) -> Any:
         return [_reorder(item, index) for item in state]
     if isinstance(state, Mapping):
         rebuilt = {key: _reorder(value, index) for key, value in state.items()}
-        return rebuilt if type(state) is dict else type(state)(rebuilt)
+        if type(state) is dict:
+            return rebuilt
+        # Mapping declares no constructor; the mapping types rebuilt here take a dict of
+        # their items (dict subclasses, OrderedDict, MappingProxyType).
+        mapping_type = cast(Callable[[dict[Any, Any]], Mapping[Any, Any]], type(state))
+        return mapping_type(rebuilt)
     return state
 
 

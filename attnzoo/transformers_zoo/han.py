@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -414,7 +415,17 @@ def _demo_models(n_classes: int) -> list[_DemoModel]:
     ]
 
 
-DEMO_TASK: dict[str, float] = {
+class _DocumentTaskSettings(TypedDict):
+    """Keyword arguments of :func:`document_task` that shape the documents."""
+
+    min_sentences: int
+    max_sentences: int
+    min_words: int
+    max_words: int
+    distractor_prob: float
+
+
+DEMO_TASK: _DocumentTaskSettings = {
     "min_sentences": 3,
     "max_sentences": 8,
     "min_words": 6,

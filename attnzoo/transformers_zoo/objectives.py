@@ -246,7 +246,9 @@ def mask_tokens(
                 groups.setdefault(int(words[row, position]), []).append(position)
             units.append(list(groups.values()))
             budgets.append(_budget(int(candidates[row].sum()), probability))
-        selected, unit_index, n_units = _select_units(units, budgets, generator, tuple(ids.shape))
+        selected, unit_index, n_units = _select_units(
+            units, budgets, generator, (ids.shape[0], ids.shape[1])
+        )
     inputs, labels = _replace(
         ids,
         selected,
@@ -618,7 +620,9 @@ def pmi_mask_tokens(
     for row in range(ids.shape[0]):
         units.append(pmi_spans(ids[row].tolist(), candidates[row].tolist(), vocabulary))
         budgets.append(_budget(int(candidates[row].sum()), probability))
-    selected, unit_index, n_units = _select_units(units, budgets, generator, tuple(ids.shape))
+    selected, unit_index, n_units = _select_units(
+        units, budgets, generator, (ids.shape[0], ids.shape[1])
+    )
     inputs, labels = _replace(
         ids,
         selected,

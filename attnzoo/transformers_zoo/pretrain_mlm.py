@@ -89,7 +89,9 @@ def _tokenizer(sentences: list[str], vocab_size: int) -> Any:
     payload = [train_wordpiece(sentences, vocab_size).to_str() if rank == 0 else None]
     if world_size > 1:
         dist.broadcast_object_list(payload, src=0)
-    return Tokenizer.from_str(payload[0])
+    serialized = payload[0]
+    assert serialized is not None  # rank 0 trained it; the broadcast filled the other ranks
+    return Tokenizer.from_str(serialized)
 
 
 def pack_blocks(token_ids: list[list[int]], seq_len: int, cls_id: int, sep_id: int) -> Tensor:

@@ -568,28 +568,28 @@ def run_recipe(
             data, names = log_line_data(seed=seed)
             num_labels = len(names)
         tokenizer = train_bert_tokenizer(data.texts(), vocab_size=300)
-        model = BertForSequenceClassification(
+        classifier = BertForSequenceClassification(
             tiny_bert_config(tokenizer.get_vocab_size(), num_labels)
         )
         return finetune_sequence_classifier(
-            model, tokenizer, data, steps or 200, progress=progress, seed=seed
+            classifier, tokenizer, data, steps or 200, progress=progress, seed=seed
         )
     if name == "entities":
         data = entity_data(seed=seed)
         tokenizer = train_bert_tokenizer(data.texts(), vocab_size=200)
-        model = BertForTokenClassification(
+        tagger = BertForTokenClassification(
             tiny_bert_config(tokenizer.get_vocab_size(), len(ENTITY_TAGS))
         )
         return finetune_token_classifier(
-            model, tokenizer, data, steps or 200, progress=progress, seed=seed
+            tagger, tokenizer, data, steps or 200, progress=progress, seed=seed
         )
     if name == "qa":
         data = qa_data(seed=seed)
         texts = [t for e in data.train_inputs + data.test_inputs for t in (e.question, e.context)]
         tokenizer = train_bert_tokenizer(texts, vocab_size=200)
-        model = BertForQuestionAnswering(tiny_bert_config(tokenizer.get_vocab_size(), 2))
+        reader = BertForQuestionAnswering(tiny_bert_config(tokenizer.get_vocab_size(), 2))
         return finetune_question_answering(
-            model, tokenizer, data, steps or 300, progress=progress, seed=seed
+            reader, tokenizer, data, steps or 300, progress=progress, seed=seed
         )
     raise ValueError(f"`name` must be one of {RECIPES}, got {name!r}")
 

@@ -228,7 +228,7 @@ class RNNSeq2Seq(nn.Module):
 
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=c.pad_token_id)
         att_hidden = c.attention_hidden or hidden
-        self.attention: nn.Module | None
+        self.attention: BahdanauAttention | LuongAttention | LocalAttention | None
         if c.attention == "bahdanau":
             self.attention = BahdanauAttention(hidden, hidden, att_hidden, normalizer=c.normalizer)
         elif c.attention == "luong":
@@ -392,7 +392,7 @@ class RNNSeq2Seq(nn.Module):
             log-probabilities ``(batch, tgt_vocab)`` (float32 or wider) and the next state.
         """
         check_rank(prev_tokens, 1, "prev_tokens", "(batch,)")
-        check_token_ids(prev_tokens, self.config.tgt_vocab_size, "prev_tokens")
+        check_token_ids(prev_tokens, self.tgt_embed.num_embeddings, "prev_tokens")
         logits, state, _ = self._step(prev_tokens, state)
         return torch.log_softmax(logits.float(), dim=-1), state
 
@@ -421,7 +421,7 @@ class RNNSeq2Seq(nn.Module):
         if tgt_in is None:
             raise ValueError("`tgt_in` is required: (batch, tgt_len) teacher-forcing input ids")
         check_rank(tgt_in, 2, "tgt_in", "(batch, tgt_len)")
-        check_token_ids(tgt_in, c.tgt_vocab_size, "tgt_in")
+        check_token_ids(tgt_in, self.tgt_embed.num_embeddings, "tgt_in")
         state = self.encode(src, src_mask)
         if tgt_in.shape[0] != src.shape[0]:
             raise ValueError(

@@ -33,7 +33,7 @@ import random
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,8 @@ _ST_POOLING_FLAGS = {
     "pooling_mode_max_tokens": "max",
     "pooling_mode_weightedmean_tokens": "weightedmean",
 }
+
+_Default = TypeVar("_Default", int, None)
 
 
 def check_pooling_mode(mode: object) -> str:
@@ -272,7 +274,7 @@ class SentenceEncoder(nn.Module):
             mask_token_id = self._token_id(("[MASK]", "<mask>"), None)
         self.pooling = Pooling(pooling, mask_token_id)
 
-    def _token_id(self, tokens: Sequence[str], default: int | None) -> int | None:
+    def _token_id(self, tokens: Sequence[str], default: _Default) -> int | _Default:
         if self.tokenizer is None:
             return default
         for token in tokens:

@@ -230,7 +230,7 @@ class AttentionBlock(nn.Module):
             return_weights=return_weights,
             training=self.training,
         )
-        read, weights = result if return_weights else (result, None)
+        read, weights = result if isinstance(result, tuple) else (result, None)
         out = _zero_padding(torch.cat([x, read[:, 0]], dim=-1), mask)
         return (out, weights[:, 0]) if weights is not None else out
 

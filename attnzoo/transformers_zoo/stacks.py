@@ -45,7 +45,7 @@ then, for pre-LN stacks, one final LayerNorm (``norm``), and return a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -621,6 +621,16 @@ def run_layer(owner: nn.Module, layer: nn.Module, *args: Any, **kwargs: Any) -> 
     return layer(*args, **kwargs)
 
 
+class _CheckpointFlagged(Protocol):
+    """A stack, or a model with its own layer loop, that :func:`run_layer` may checkpoint."""
+
+    gradient_checkpointing: bool
+
+
+def _has_checkpoint_flag(module: nn.Module) -> TypeGuard[_CheckpointFlagged]:
+    return isinstance(getattr(module, "gradient_checkpointing", None), bool)
+
+
 def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     """Switch activation checkpointing on (or off) in every encoder/decoder stack of ``module``.
 
@@ -640,11 +650,7 @@ def set_gradient_checkpointing(module: nn.Module, enabled: bool = True) -> int:
     Raises:
         ValueError: ``module`` holds no such stack (its layers would not be checkpointed).
     """
-    stacks = [
-        sub
-        for sub in module.modules()
-        if isinstance(getattr(sub, "gradient_checkpointing", None), bool)
-    ]
+    stacks = [sub for sub in module.modules() if _has_checkpoint_flag(sub)]
     if not stacks:
         raise ValueError(
             f"`module` ({type(module).__name__}) has no TransformerEncoder/TransformerDecoder "

@@ -68,7 +68,7 @@ from ..attention.validation import (
     check_token_ids,
 )
 from .checkpoints import PretrainedMixin, hf_attention_mask
-from .embeddings import Embeddings, sinusoidal_table
+from .embeddings import Embeddings, LearnedPositionalEmbedding, sinusoidal_table
 from .generation import (
     GenerationMixin,
     GenerationOptions,
@@ -398,9 +398,11 @@ class XLMModel(PretrainedMixin, nn.Module):
         """XLM's initialisation: normal embeddings (padding row zero), normal linear
         weights with zero biases, unit LayerNorms, sinusoids in a frozen position table."""
         config = self.config
+        embed_std = config.embed_init_std
+        assert embed_std is not None  # __post_init__ fills in the default
         for module in self.modules():
             if isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=config.embed_init_std)
+                nn.init.normal_(module.weight, std=embed_std)
                 if module.padding_idx is not None:
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
@@ -412,7 +414,7 @@ class XLMModel(PretrainedMixin, nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         positions = self.embeddings.position_embeddings
-        assert positions is not None
+        assert isinstance(positions, LearnedPositionalEmbedding)
         if config.sinusoidal_embeddings:
             table = sinusoidal_table(config.max_position_embeddings, config.emb_dim)
             with torch.no_grad():

@@ -13,12 +13,14 @@ log-softmax plus each cluster's log-softmax), gathered at the labels.
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnzoo.transformers_zoo import AdaptiveSoftmax
+from attnzoo.transformers_zoo.adaptive_softmax import AdaptiveCluster
 
 from ..harness import Case, Context, Setup, Suite
 
@@ -37,17 +39,18 @@ def dense_nll(module: AdaptiveSoftmax, hidden: Tensor, labels: Tensor) -> Tensor
     """The full log-distribution over the vocabulary from ``module``'s weights, gathered."""
     wide = torch.promote_types(hidden.dtype, torch.float32)
 
-    def log_softmax(cluster: nn.Module, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def log_softmax(cluster: AdaptiveCluster, weight: Tensor, bias: Tensor | None) -> Tensor:
         h = hidden @ cluster.projection if cluster.projection is not None else hidden
         return F.log_softmax(F.linear(h, weight, bias), dim=-1, dtype=wide)
 
-    first, shortlist = module.clusters[0], module.shortlist
+    clusters = cast(list[AdaptiveCluster], list(module.clusters))
+    first, shortlist = clusters[0], module.shortlist
     head_bias = None
     if first.bias is not None and module.cluster_bias is not None:
         head_bias = torch.cat([first.bias, module.cluster_bias])
     head = log_softmax(first, torch.cat([first.weight, module.cluster_weight]), head_bias)
     parts = [head[:, :shortlist]]
-    for i, cluster in enumerate(module.clusters[1:], start=1):
+    for i, cluster in enumerate(clusters[1:], start=1):
         parts.append(
             head[:, shortlist + i - 1, None] + log_softmax(cluster, cluster.weight, cluster.bias)
         )

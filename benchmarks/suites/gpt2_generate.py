@@ -45,7 +45,8 @@ def build_pair(ctx: Context, shape: dict[str, int], n_positions: int) -> tuple[A
         n_head=shape["heads"],
         bos_token_id=None,
         eos_token_id=None,
-        attn_implementation="sdpa",
+        # Taken by the config at run time; its typed signature omits it.
+        attn_implementation="sdpa",  # type: ignore[call-arg]
     )
     theirs = transformers.GPT2LMHeadModel(config).eval()
     # save_pretrained draws a progress bar per call, which would cut through the suite's own.

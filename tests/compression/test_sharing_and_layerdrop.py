@@ -18,7 +18,7 @@ from attnzoo.compression import (
     select_layers,
     share_layers,
 )
-from attnzoo.transformers_zoo.bert import BertForSequenceClassification
+from attnzoo.transformers_zoo.bert import BertConfig, BertForSequenceClassification
 from attnzoo.transformers_zoo.training import TrainConfig, fit
 
 
@@ -120,6 +120,19 @@ def test_selected_layers_compute_the_subnetwork_and_save_at_their_depth(
     model.save_pretrained(tmp_path)
     again = BertForSequenceClassification.from_pretrained(tmp_path)
     torch.testing.assert_close(again(ids, attention_mask=mask).logits, expected)
+
+
+def test_select_layers_leaves_a_config_class_alone(tiny_bert: nn.Module) -> None:
+    class Wrapper(nn.Module):
+        config = BertConfig  # a dataclass class, not a config instance
+
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+    select_layers(Wrapper(tiny_bert), [1])
+    assert Wrapper.config is BertConfig
+    assert len(tiny_bert.bert.encoder.layers) == 1 and tiny_bert.config.num_hidden_layers == 1
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NamedTuple
 
 import pytest
@@ -85,6 +87,17 @@ def test_reorder_state_nested_structures_and_dataclasses():
     # The caller's objects are rebuilt, not mutated.
     assert out["cache"] is not cache and cache.key.shape == (4, 2, 3, 5)
     assert state["carry"].hidden.shape == (4, 1)
+
+
+def test_reorder_state_rebuilds_other_mappings_as_their_own_type():
+    rows = torch.arange(4.0)
+    index = torch.tensor([3, 1])
+    ordered = reorder_state(OrderedDict(b=rows, a=rows * 2), index)
+    assert type(ordered) is OrderedDict and list(ordered) == ["b", "a"]
+    assert torch.equal(ordered["a"], torch.tensor([6.0, 2.0]))
+    frozen = reorder_state(MappingProxyType({"x": rows}), index)
+    assert isinstance(frozen, MappingProxyType)
+    assert torch.equal(frozen["x"], torch.tensor([3.0, 1.0]))
 
 
 def test_reorder_state_rejects_bad_index():
