@@ -301,6 +301,7 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
             g_s = torch.mul(grad_w, support, out=work)
             mean = g_s.sum(dim=-1, keepdim=True) / _row_denominator(total)
             if log_u is not None:
+                assert grad_alpha is not None  # allocated whenever alpha is a tensor
                 # In alpha (Correia et al. 2019): (<g, p> - mean) / (alpha - 1) ** 2
                 # - (<g, p log p> - mean H) / (alpha - 1).
                 am1 = a - 1
@@ -352,7 +353,7 @@ def _weights_and_support(
     torch.mul(log_u, 1.0 / (alpha - 1), out=weights).clamp_(min=math.log(tiny) + 1).exp_()
     # s = p / u, exactly 0 off the support: offsets below tiny are set to 0 and their
     # quotient (inf) to 0.
-    torch.nn.functional.threshold_(u, tiny, 0.0)
+    torch.threshold_(u, tiny, 0.0)
     torch.div(weights, u, out=u).nan_to_num_(nan=0.0, posinf=0.0)
     return u, log_u
 

@@ -567,11 +567,11 @@ class TritonEntmaxFunction(torch.autograd.Function):
         need_s = cfg.need_grad
         m_blocks = triton.cdiv(n_q, cfg.block_m)
         n_tiles = max(1, triton.cdiv(n_k, cfg.block_n))
-        f32 = {"dtype": torch.float32, "device": q.device}
+        f32, dev = torch.float32, q.device
         out = torch.empty_like(q)
-        row_m, row_tau, row_invz = (torch.empty(bh, n_q, **f32) for _ in range(3))
-        out_s = torch.empty(bh, n_q, d, **f32) if need_s else row_m
-        row_den = torch.empty(bh, n_q, **f32) if need_s else row_m
+        row_m, row_tau, row_invz = (torch.empty(bh, n_q, dtype=f32, device=dev) for _ in range(3))
+        out_s = torch.empty(bh, n_q, d, dtype=f32, device=dev) if need_s else row_m
+        row_den = torch.empty(bh, n_q, dtype=f32, device=dev) if need_s else row_m
         tiles = torch.empty(bh, m_blocks, n_tiles, dtype=torch.int32, device=q.device)
         counts = torch.empty(bh, m_blocks, dtype=torch.int32, device=q.device)
         flags = torch.zeros(bh, m_blocks, n_tiles, dtype=torch.int8, device=q.device)
