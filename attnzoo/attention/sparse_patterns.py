@@ -35,6 +35,14 @@ autograd Functions (:class:`GatheredDot`, :class:`GatheredSum`) that gather bloc
 rows at a time, forwards and backwards, so the ``(n, k_max, d)`` gathered tensor is never
 held whole: memory is ``O(n * k_max)`` (the scores and weights), ``O(n sqrt(n))`` for
 ``l ~ sqrt(n)``; work is ``O(n * k_max * d)``.
+
+A causal pattern also decodes step by step: query ``t`` sees only keys ``j <= t``, all
+already computed, so :class:`SparseTransformerAttention` takes the
+:class:`~attnzoo.attention.multi_head.KVCache` of dense attention, appends the new
+positions' keys and values, and attends each new query over its allowed cached keys,
+gathered through the rows of the same index table for those queries alone
+(``sparse_pattern_index(..., start=n_cached)``): ``O(l + n / l)`` keys per new position,
+and exactly the rows of the full causal pass.
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .multi_head import resolve_dim_head, xavier_init_
+from .multi_head import KVCache, resolve_dim_head, xavier_init_
 from .normalizers import Normalizer, get_normalizer, masked_normalize
 from .sliding_window import check_local_attention_inputs
 from .validation import (
@@ -169,70 +177,89 @@ def sparse_pattern_index(
     causal: bool = True,
     part: str = "union",
     heads: int | None = None,
+    start: int = 0,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The allowed key indices of every query, built by arithmetic (no ``n x n`` tensor).
 
-    Row ``i`` lists the keys of query ``i`` in increasing order, then padding slots. Tables
-    are cached per ``(n, pattern, stride, summary, causal, part, device)``: treat them as
-    read-only.
+    Row ``i`` lists the keys of query ``start + i`` in increasing order, then padding
+    slots. Each row costs ``O(its allowed keys)``, so the rows of the last few queries
+    (``start = n - n_new``, decoding with cached keys) are cheap whatever ``n``. Whole
+    tables (``start = 0``) are cached per ``(n, pattern, stride, summary, causal, part,
+    heads, device)``: treat them as read-only.
 
     Args:
         n, pattern, stride, summary, causal: as for :func:`sparse_pattern_mask`.
         part: ``"union"``, ``"local"``, ``"global"``, or ``"split"`` (needs ``heads``).
         heads: number of heads, only for ``part="split"``.
+        start: the first query listed, in ``[0, n]``; keys range over all ``0 .. n - 1``.
         device: where the tables live.
 
     Returns:
-        ``index`` ``(n, k_max)`` int64 (a padding slot holds 0) and ``valid`` ``(n, k_max)``
-        boolean (False on padding slots), ``k_max`` the largest number of keys of a query.
-        For ``"split"``: ``(heads, n, k_max)`` each, the first half of the heads' rows from
-        the local table and the others from the global one (padded to one width): the
-        layout of the weights :func:`sparse_pattern_attention` returns.
+        ``index`` ``(n - start, k_max)`` int64 (a padding slot holds 0) and ``valid`` of the
+        same shape, boolean (False on padding slots), ``k_max`` the largest number of keys
+        of a listed query. For ``"split"``: ``(heads, n - start, k_max)`` each, the first
+        half of the heads' rows from the local table and the others from the global one
+        (padded to one width): the layout of the weights :func:`sparse_pattern_attention`
+        returns.
     """
     _check_pattern(n, pattern, stride, summary, causal, part)
+    check_int(start, "start", minimum=0)
+    if start > n:
+        raise ValueError(f"`start` must be <= n = {n}, got {start}")
     device = torch.device("cpu") if device is None else torch.device(device)
-    if part != "split":
-        if heads is not None:
-            raise ValueError(f"`heads` only applies to part='split', got part={part!r}")
-        return _cached_index(n, pattern, stride, summary, causal, part, device)
-    _check_split_heads(heads)
-    assert heads is not None
-    return _cached_split_index(n, pattern, stride, summary, causal, heads, device)
+    if part == "split":
+        _check_split_heads(heads)
+    elif heads is not None:
+        raise ValueError(f"`heads` only applies to part='split', got part={part!r}")
+    build = _cached_index if start == 0 else _index
+    return build(start, n, pattern, stride, summary, causal, part, heads, device)
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_split_index(
-    n: int, pattern: str, stride: int, summary: int, causal: bool, heads: int, device: torch.device
+def _index(
+    start: int,
+    n: int,
+    pattern: str,
+    stride: int,
+    summary: int,
+    causal: bool,
+    part: str,
+    heads: int | None,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    tables = [
-        _cached_index(n, pattern, stride, summary, causal, part, device)
-        for part in ("local", "global")
-    ]
-    width = max(index.shape[-1] for index, _ in tables)
-    index = torch.stack([F.pad(t, (0, width - t.shape[-1])) for t, _ in tables])
-    valid = torch.stack([F.pad(v, (0, width - v.shape[-1])) for _, v in tables])
-    which = (torch.arange(heads, device=device) >= heads // 2).long()  # 0: local, 1: global
-    return index[which], valid[which]
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_index(
-    n: int, pattern: str, stride: int, summary: int, causal: bool, part: str, device: torch.device
-) -> tuple[Tensor, Tensor]:
+    """Rows ``start .. n - 1`` of the table of :func:`sparse_pattern_index` (checked args)."""
+    if part == "split":
+        assert heads is not None
+        tables = [
+            _index(start, n, pattern, stride, summary, causal, p, None, device)
+            for p in ("local", "global")
+        ]
+        width = max(index.shape[-1] for index, _ in tables)
+        index = torch.stack([F.pad(t, (0, width - t.shape[-1])) for t, _ in tables])
+        valid = torch.stack([F.pad(v, (0, width - v.shape[-1])) for _, v in tables])
+        which = (torch.arange(heads, device=device) >= heads // 2).long()  # 0: local, 1: global
+        return index[which], valid[which]
     parts = ("local", "global") if part == "union" else (part,)
-    candidates = torch.cat([_candidates(n, pattern, stride, summary, causal, p) for p in parts], 1)
+    candidates = torch.cat(
+        [_candidates(start, n, pattern, stride, summary, causal, p) for p in parts], 1
+    )
     return _compact(candidates, n, device)
 
 
-def _candidates(n: int, pattern: str, stride: int, summary: int, causal: bool, part: str) -> Tensor:
-    """``(n, K)`` key indices that may hold each query's keys; ``n`` marks a non-key.
+_cached_index = functools.lru_cache(maxsize=64)(_index)
+
+
+def _candidates(
+    start: int, n: int, pattern: str, stride: int, summary: int, causal: bool, part: str
+) -> Tensor:
+    """``(n - start, K)`` key indices that may hold the keys of queries ``start .. n - 1``;
+    ``n`` marks a non-key.
 
     Each part is a fixed arithmetic progression relative to the query (or to its block),
     so its candidates are one broadcast sum; out-of-range and (when causal) future keys
-    become ``n``.
+    become ``n``. ``K`` is of the order of a query's key count, whatever ``start``.
     """
-    i = torch.arange(n).unsqueeze(-1)
+    i = torch.arange(start, n).unsqueeze(-1)
     l, c = stride, summary
     if pattern == "strided" and part == "local":
         keys = i - l + torch.arange(l + 1 if causal else 2 * l + 1)
@@ -245,7 +272,7 @@ def _candidates(n: int, pattern: str, stride: int, summary: int, causal: bool, p
     else:
         blocks = torch.arange(-(-n // l)).unsqueeze(-1)
         columns = (blocks * l + (l - c) + torch.arange(c)).flatten()
-        keys = columns.expand(n, -1)
+        keys = columns.expand(n - start, -1)
     outside = (keys < 0) | (keys >= n)
     if causal:
         outside = outside | (keys > i)
@@ -259,7 +286,7 @@ def _compact(candidates: Tensor, n: int, device: torch.device) -> tuple[Tensor, 
     repeated[:, 1:] = keys[:, 1:] == keys[:, :-1]
     keys, _ = keys.masked_fill(repeated, n).sort(dim=-1)
     valid = keys < n
-    k_max = int(valid.sum(-1).max()) if n else 0
+    k_max = int(valid.sum(-1).max()) if valid.numel() else 0
     keys, valid = keys[:, :k_max], valid[:, :k_max]
     return keys.masked_fill(~valid, 0).to(device), valid.to(device)
 
@@ -290,17 +317,23 @@ def sparse_pattern_attention(
     Equals ``attend(q, k, v, mask=sparse_pattern_mask(...) & padding)`` for every
     normaliser (up to floating-point summation order).
 
+    With ``causal=True`` the keys may extend before the queries (decoding with cached
+    keys): ``k`` and ``v`` then hold all ``n_k`` positions and ``q`` the last ``n_q`` of
+    them, positions ``n_k - n_q .. n_k - 1``; the result is those rows of the full pass.
+    Only the allowed keys of those queries are gathered (:func:`sparse_pattern_index` with
+    ``start = n_k - n_q``), so one new position costs ``O(l + n_k / l)``, not ``O(n_k)``.
+
     Args:
-        q: queries ``(batch, heads, n, d)``.
-        k: keys ``(batch, heads, n, d)``.
-        v: values ``(batch, heads, n, d_v)``.
+        q: queries ``(batch, heads, n_q, d)``; ``n_q = n_k`` unless ``causal``.
+        k: keys ``(batch, heads, n_k, d)``, ``n_k >= n_q``.
+        v: values ``(batch, heads, n_k, d_v)``.
         pattern: ``"strided"`` or ``"fixed"``.
         stride: ``l``, an int >= 1.
         summary: ``c`` of the fixed pattern, in ``[1, l]``.
         causal: keep only keys ``j <= i``.
         part: ``"union"``, ``"local"``, ``"global"`` or ``"split"`` (first half of the
             heads local, second half global; ``heads`` even).
-        mask: key-padding mask ``(batch, n)``, True = real token. A query with no allowed
+        mask: key-padding mask ``(batch, n_k)``, True = real token. A query with no allowed
             key returns zeros.
         normalizer: registry name or a callable ``f(scores, dim)`` giving ``-inf`` scores
             zero weight.
@@ -312,25 +345,27 @@ def sparse_pattern_attention(
         training: apply dropout only when True.
 
     Returns:
-        ``out`` ``(batch, heads, n, d_v)``, or ``(out, weights)`` with the compact weights
-        ``(batch, heads, n, k_max)`` (before dropout) whose column ``s`` of row ``i`` is the
-        weight of key ``index[i, s]`` (``index[h, i, s]`` for ``"split"``) of
-        :func:`sparse_pattern_index` (zero on padding slots);
-        :func:`pattern_weights_to_dense` expands them to ``(..., n, n)``.
+        ``out`` ``(batch, heads, n_q, d_v)``, or ``(out, weights)`` with the compact weights
+        ``(batch, heads, n_q, k_max)`` (before dropout) whose column ``s`` of row ``i`` is
+        the weight of key ``index[i, s]`` (``index[h, i, s]`` for ``"split"``) of
+        ``sparse_pattern_index(n_k, ..., start=n_k - n_q)`` (zero on padding slots);
+        :func:`pattern_weights_to_dense` expands them to ``(..., n_q, n_k)``.
     """
-    check_local_attention_inputs(q, k, v, mask, normalizer, alpha, scale, dropout)
-    _check_pattern(q.shape[2], pattern, stride, summary, causal, part)
-    heads, n, d = q.shape[1:]
+    _check_kernel_inputs(q, k, v, mask, normalizer, alpha, scale, dropout, causal)
+    heads, n_q, d = q.shape[1:]
+    n_k = k.shape[2]
+    _check_pattern(n_k, pattern, stride, summary, causal, part)
     if part == "split":
         _check_split_heads(heads)
     index, valid = sparse_pattern_index(
-        n,
+        n_k,
         pattern,
         stride,
         summary=summary,
         causal=causal,
         part=part,
         heads=heads if part == "split" else None,
+        start=n_k - n_q,
         device=q.device,
     )
     if part != "split":  # one table for every head
@@ -338,15 +373,64 @@ def sparse_pattern_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     p_drop = dropout if training else 0.0
 
-    scores = GatheredDot.apply(q, k, index) * scale  # (b, h, n, k_max)
-    allowed = valid.unsqueeze(0)  # (1, 1|h, n, k_max)
+    scores = GatheredDot.apply(q, k, index) * scale  # (b, h, n_q, k_max)
+    allowed = valid.unsqueeze(0)  # (1, 1|h, n_q, k_max)
     if mask is not None:
-        allowed = allowed & mask[:, index]  # (b, 1|h, n, k_max)
+        allowed = allowed & mask[:, index]  # (b, 1|h, n_q, k_max)
     options = {} if alpha is None else {"alpha": alpha}
     weights = masked_normalize(scores, allowed, normalizer, dim=-1, **options)
     dropped = F.dropout(weights, p_drop, training=p_drop > 0)
     out = GatheredSum.apply(dropped, v, index)
     return (out, weights) if return_weights else out
+
+
+def _check_kernel_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    normalizer: str | Normalizer,
+    alpha: float | Tensor | None,
+    scale: float | None,
+    dropout: float,
+    causal: object,
+) -> None:
+    """Raise naming the first bad kernel argument; keys may outnumber queries when causal."""
+    check_rank(q, 4, "q", "(batch, heads, n_q, d)")
+    check_rank(k, 4, "k", "(batch, heads, n_k, d)")
+    n_q, n_k = q.shape[2], k.shape[2]
+    if n_k > n_q and causal is True:
+        expected = (*q.shape[:2], n_k, q.shape[3])
+        if tuple(k.shape) != expected:
+            raise ValueError(
+                f"`k` must have shape (batch, heads, n_k, d) = {expected} (the batch, heads "
+                f"and d of `q`), got {tuple(k.shape)}"
+            )
+        check_rank(v, 4, "v", "(batch, heads, n_k, d_v)")
+        if v.shape[:3] != k.shape[:3]:
+            raise ValueError(
+                f"`v` must have the (batch, heads, n_k) of `k` {tuple(k.shape[:3])}, "
+                f"got shape {tuple(v.shape)}"
+            )
+        if mask is not None:
+            check_bool_mask(mask, "mask")
+            if tuple(mask.shape) != (q.shape[0], n_k):
+                raise ValueError(
+                    f"`mask` must have shape (batch, n_k) = {(q.shape[0], n_k)}, "
+                    f"got {tuple(mask.shape)}"
+                )
+        # The rest (dtypes, devices, normaliser options) is checked on the keys, values and
+        # mask of the query positions, which now have the shapes of the full-pass case.
+        start = n_k - n_q
+        k, v = k[:, :, start:], v[:, :, start:]
+        mask = None if mask is None else mask[:, start:]
+    elif n_k > n_q:
+        raise ValueError(
+            f"`k` must have the shape of `q` {tuple(q.shape)}: keys may outnumber the "
+            f"queries only with causal=True (decoding), got {tuple(k.shape)} and "
+            f"causal={causal!r}"
+        )
+    check_local_attention_inputs(q, k, v, mask, normalizer, alpha, scale, dropout)
 
 
 # Rows of queries handled at once are chosen so that the gathered keys or values of one
@@ -453,16 +537,21 @@ class GatheredSum(torch.autograd.Function):
         return grad_w, grad_value, None
 
 
-def pattern_weights_to_dense(weights: Tensor, index: Tensor, valid: Tensor) -> Tensor:
-    """Expand compact weights ``(..., n, k_max)`` to dense ``(..., n, n)`` (for plots, tests).
+def pattern_weights_to_dense(
+    weights: Tensor, index: Tensor, valid: Tensor, *, n_keys: int | None = None
+) -> Tensor:
+    """Expand compact weights ``(..., n_q, k_max)`` to dense ``(..., n_q, n_keys)`` (for
+    plots, tests).
 
     Args:
         weights: compact weights from :func:`sparse_pattern_attention`.
-        index: ``(n, k_max)`` or per head ``(heads, n, k_max)`` key indices.
+        index: ``(n_q, k_max)`` or per head ``(heads, n_q, k_max)`` key indices.
         valid: boolean of the shape of ``index``, False on padding slots.
+        n_keys: number of keys ``n_k``; default ``n_q`` (the full pass). When decoding with
+            cached keys, the ``n_k`` of :func:`sparse_pattern_attention`.
 
     Returns:
-        ``(..., n, n)``: entry ``[..., i, index[i, s]]`` is ``weights[..., i, s]``.
+        ``(..., n_q, n_keys)``: entry ``[..., i, index[i, s]]`` is ``weights[..., i, s]``.
     """
     check_tensor(weights, "weights")
     check_tensor(index, "index")
@@ -472,9 +561,14 @@ def pattern_weights_to_dense(weights: Tensor, index: Tensor, valid: Tensor) -> T
             f"`index` {tuple(index.shape)} and `valid` {tuple(valid.shape)} must have the "
             f"(n, k_max) of `weights` {tuple(weights.shape)}"
         )
-    n = weights.shape[-2]
+    n_q = weights.shape[-2]
+    n_keys = n_q if n_keys is None else check_int(n_keys, "n_keys", minimum=0)
+    if index.numel() and int(index.max()) >= n_keys:
+        raise ValueError(
+            f"`n_keys` must exceed every key index (max {int(index.max())}), got {n_keys}"
+        )
     values = weights.masked_fill(~valid, 0.0)
-    dense = weights.new_zeros(*weights.shape[:-1], n)
+    dense = weights.new_zeros(*weights.shape[:-1], n_keys)
     return dense.scatter_add(-1, index.expand_as(values), values)
 
 
@@ -503,6 +597,10 @@ class SparseTransformerAttention(nn.Module):
         dropout: attention-weight dropout, in training mode only.
         bias: whether the projections have biases.
         alpha: the ``"entmax"`` exponent (only with ``normalizer="entmax"``).
+
+    A causal module decodes step by step with a
+    :class:`~attnzoo.attention.multi_head.KVCache` (see :meth:`forward`); a bidirectional
+    one refuses a cache.
     """
 
     def __init__(
@@ -529,7 +627,7 @@ class SparseTransformerAttention(nn.Module):
         if alpha is not None and normalizer != "entmax":
             raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
         get_normalizer(normalizer, **({} if alpha is None else {"alpha": alpha}))
-        self.dim, self.heads = dim, heads
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.pattern, self.stride, self.summary = pattern, stride, summary
         self.causal, self.part = causal, part
         self.normalizer, self.alpha, self.dropout = normalizer, alpha, dropout
@@ -545,25 +643,48 @@ class SparseTransformerAttention(nn.Module):
         xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        return_weights: bool = False,
+        cache: KVCache | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend over the pattern.
 
         Args:
-            x: ``(batch, n, dim)``.
-            mask: key-padding mask ``(batch, n)``, True = real token.
+            x: ``(batch, n, dim)``: the whole sequence, or with a ``cache`` the ``n`` new
+                positions that follow the ``n_cached`` cached ones (a prompt, then one
+                token at a time).
+            mask: key-padding mask ``(batch, n_cached + n)``, True = real token.
             return_weights: also return the compact weights ``(batch, heads, n, k_max)``
-                (layout of :func:`sparse_pattern_attention`).
+                (layout of :func:`sparse_pattern_attention`, with ``n_k = n_cached + n``).
+            cache: a :class:`~attnzoo.attention.multi_head.KVCache` (the one dense
+                attention uses), causal layers only: the new keys and values are appended
+                to it, and each new position attends over the allowed keys among all
+                cached ones, so the outputs are those rows of the full causal pass.
 
         Returns:
             ``(batch, n, dim)``, or ``(out, weights)``.
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.dim, "x", "dim")
+        if cache is not None:
+            self._check_cache(cache, x)
         q, k, v = (
             rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
             for proj in (self.query, self.key, self.value)
         )
+        if cache is not None:
+            if mask is not None:
+                # Checked before the cache grows, so a bad mask leaves it untouched.
+                check_bool_mask(mask, "mask")
+                expected = (x.shape[0], len(cache) + x.shape[1])
+                if tuple(mask.shape) != expected:
+                    raise ValueError(
+                        f"`mask` must have shape (batch, n_cached + n) = {expected} (cached "
+                        f"positions included), got {tuple(mask.shape)}"
+                    )
+            k, v = cache.append(k, v)
         result = sparse_pattern_attention(
             q,
             k,
@@ -583,6 +704,25 @@ class SparseTransformerAttention(nn.Module):
         out, weights = result if isinstance(result, tuple) else (result, None)
         out = self.out(rearrange(out, "b h n d -> b n (h d)"))
         return (out, weights) if weights is not None else out
+
+    def _check_cache(self, cache: object, x: Tensor) -> None:
+        """Refuse a cache this layer cannot extend, before anything is appended to it."""
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"`cache` must be a KVCache, got {type(cache).__name__}")
+        if not self.causal:
+            raise ValueError(
+                "`cache` given, but the layer has causal=False: a bidirectional pattern "
+                "lets earlier positions see later ones, so it cannot decode step by step"
+            )
+        if cache.key is None:
+            return
+        expected = (x.shape[0], self.heads, self.dim_head)
+        got = (cache.key.shape[0], cache.key.shape[1], cache.key.shape[-1])
+        if cache.key.dim() != 4 or got != expected:
+            raise ValueError(
+                "`cache` must hold keys (batch, heads, n_cached, dim_head) with "
+                f"(batch, heads, dim_head) = {expected}, got shape {tuple(cache.key.shape)}"
+            )
 
     def extra_repr(self) -> str:
         summary = f", summary={self.summary}" if self.pattern == "fixed" else ""

@@ -34,9 +34,9 @@ What varies per layer:
     layer, stack or model.
 
   None of them takes ``position``; only dense and adaptive-span attention take
-  ``learn_alpha``. With a KV cache, a decoder layer decodes step by step with dense or
-  adaptive-span self-attention; sparse-pattern and LSH layers keep no cache and reject
-  one. The cross-attention of a decoder layer is always dense;
+  ``learn_alpha``. With a KV cache, a decoder layer decodes step by step with dense,
+  adaptive-span or (causal) sparse-pattern self-attention; LSH layers keep no cache and
+  reject one. The cross-attention of a decoder layer is always dense;
 * ``memory={...}``: a product-key memory
   (:class:`~attnzoo.attention.product_key.ProductKeyMemory`, Lample et al. 2019) in place of
   the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``;
@@ -411,7 +411,7 @@ class DecoderLayer(_Block):
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
             cache: a :class:`LayerCache`, updated in place: the new positions' keys and
                 values are appended, the context's are computed once. Not available with
-                sparse-pattern or LSH self-attention (a ``ValueError``).
+                LSH self-attention (a ``ValueError``).
             output_attentions: also return the weights (not available with LSH).
 
         Returns:
@@ -648,13 +648,14 @@ def call_self_attention(
         x: ``(batch, n, dim)``.
         mask: key-padding ``(batch, n_k)``; dense and adaptive-span attention also take a
             rank-4 mask broadcastable to ``(batch, heads, n, n_k)``.
-        cache: a :class:`KVCache` to decode with (dense and adaptive-span attention only).
+        cache: a :class:`KVCache` to decode with (dense, adaptive-span and causal
+            sparse-pattern attention only).
         return_weights: also return the weights.
 
     Returns:
         ``(out, weights)``: ``out`` ``(batch, n, dim)``; ``weights`` None unless asked for,
         else ``(batch, heads, n, n_k)`` (a sliding window gives its band; a sparse pattern
-        its weights expanded to ``(batch, heads, n, n)``).
+        its weights expanded to ``(batch, heads, n, n_k)``).
 
     Raises:
         ValueError: a cache, a rank-4 mask or (LSH) weights asked of a module that has
@@ -663,7 +664,7 @@ def call_self_attention(
     if isinstance(attention, MultiHeadAttention):  # dense and adaptive span
         return _split(attention(x, mask=mask, cache=cache, return_weights=return_weights))
     kind = _KIND_NAMES.get(type(attention), type(attention).__name__)
-    if cache is not None:
+    if cache is not None and not isinstance(attention, SparseTransformerAttention):
         raise ValueError(
             f"`cache` given, but {kind} self-attention cannot decode step by step (it keeps "
             "no key/value cache); run the whole sequence without a cache"
@@ -680,10 +681,13 @@ def call_self_attention(
                 "attention forms no weight matrix"
             )
         return attention(x, mask=mask), None
-    out, weights = _split(attention(x, mask=mask, return_weights=return_weights))
-    if weights is not None and isinstance(attention, SparseTransformerAttention):
-        weights = _dense_pattern_weights(attention, weights)
-    return out, weights
+    if isinstance(attention, SparseTransformerAttention):
+        n_keys = x.shape[1] + (len(cache) if cache is not None else 0)
+        out, weights = _split(attention(x, mask=mask, return_weights=return_weights, cache=cache))
+        if weights is not None:
+            weights = _dense_pattern_weights(attention, weights, n_keys)
+        return out, weights
+    return _split(attention(x, mask=mask, return_weights=return_weights))
 
 
 _KIND_NAMES: dict[type, str] = {
@@ -693,19 +697,23 @@ _KIND_NAMES: dict[type, str] = {
 }
 
 
-def _dense_pattern_weights(attention: SparseTransformerAttention, weights: Tensor) -> Tensor:
-    """Compact sparse-pattern weights ``(batch, heads, n, k_max)`` -> ``(batch, heads, n, n)``."""
+def _dense_pattern_weights(
+    attention: SparseTransformerAttention, weights: Tensor, n_keys: int
+) -> Tensor:
+    """Compact sparse-pattern weights ``(batch, heads, n, k_max)`` of the last ``n`` of
+    ``n_keys`` positions -> ``(batch, heads, n, n_keys)``."""
     index, valid = sparse_pattern_index(
-        weights.shape[-2],
+        n_keys,
         attention.pattern,
         attention.stride,
         summary=attention.summary,
         causal=attention.causal,
         part=attention.part,
         heads=attention.heads if attention.part == "split" else None,
+        start=n_keys - weights.shape[-2],
         device=weights.device,
     )
-    return pattern_weights_to_dense(weights, index, valid)
+    return pattern_weights_to_dense(weights, index, valid, n_keys=n_keys)
 
 
 def check_window(window: object) -> tuple[int, int]:

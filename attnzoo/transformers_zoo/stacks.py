@@ -10,7 +10,7 @@ feed-forward, dropout, pre-/post-LN) and a :class:`LayerConfig` for what may var
   of the Sparse Transformer), ``lsh`` (:class:`LSHConfig`: the Reformer's LSH attention)
   or ``adaptive_span`` (:class:`AdaptiveSpanConfig`: a learned span per head). Decoder
   layers use them causally, encoder layers bidirectionally; a decoder cache works with
-  dense and adaptive-span layers only (the others raise). The span penalty of every
+  dense, adaptive-span and sparse-pattern layers (LSH layers raise). The span penalty of every
   adaptive-span layer of a stack is
   :func:`~attnzoo.attention.adaptive_span.span_penalty` ``(stack)``, to add to the loss;
 * ``position``: rotary or ALiBi positions in dense self-attention;
@@ -56,7 +56,7 @@ from ..attention.multi_head import MultiHeadAttention
 from ..attention.normalizers import available_normalizers
 from ..attention.positional import check_position
 from ..attention.product_key import QUERY_NORMS
-from ..attention.sparse_patterns import PARTS, PATTERNS
+from ..attention.sparse_patterns import PARTS, PATTERNS, SparseTransformerAttention
 from ..attention.validation import check_int, check_probability, check_rank, check_size
 from .feed_forward import ACTIVATIONS
 from .layers import (
@@ -228,7 +228,7 @@ class LayerConfig:
 
     At most one of ``window``, ``sparse_pattern``, ``lsh``, ``adaptive_span``; none of
     them takes ``position``. Decoder layers use them causally (a decoding cache works with
-    ``adaptive_span`` only), encoder layers bidirectionally.
+    ``adaptive_span`` and ``sparse_pattern``, not ``lsh``), encoder layers bidirectionally.
     """
 
     normalizer: str = "softmax"
@@ -510,8 +510,8 @@ class TransformerDecoder(_Stack):
     Args:
         config: the stack's shape; a layer config with ``window`` is rejected (sliding
             windows are for encoders); ``sparse_pattern``, ``lsh`` and ``adaptive_span``
-            layers attend causally. Decoding with a ``cache`` needs dense or adaptive-span
-            self-attention in every layer.
+            layers attend causally. Decoding with a ``cache`` needs dense, adaptive-span or
+            sparse-pattern self-attention in every layer.
         context_dim: width of the encoder output; default ``config.dim``.
         cross_attention: False gives a decoder-only stack (no ``context``).
     """
@@ -557,8 +557,8 @@ class TransformerDecoder(_Stack):
             mask: self-attention key-padding mask ``(batch, n_cached + n)``.
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
             cache: from :meth:`new_cache`, updated in place; pass the same list at every
-                decoding step (a ``ValueError`` if a layer has sparse-pattern or LSH
-                self-attention, which cannot decode step by step).
+                decoding step (a ``ValueError`` if a layer has LSH self-attention, which
+                cannot decode step by step).
             output_attentions: collect every layer's self- and cross-attention weights.
             output_hidden_states: collect the input and every layer's output.
         """
@@ -570,7 +570,8 @@ class TransformerDecoder(_Stack):
         if cache is not None:
             # Checked before any layer runs, so no layer's cache is left half-updated.
             for i, layer in enumerate(self.layers):
-                if not isinstance(layer.self_attention, MultiHeadAttention):
+                cached = (MultiHeadAttention, SparseTransformerAttention)
+                if not isinstance(layer.self_attention, cached):
                     raise ValueError(
                         f"`cache` given, but layer {i} has "
                         f"{type(layer.self_attention).__name__} self-attention, which cannot "

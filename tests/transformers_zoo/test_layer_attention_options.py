@@ -382,15 +382,26 @@ class TestDecodingWithACache:
         assert len(cache[1].self_attention) == reach - 1 < N
         assert len(cache[0].self_attention) == N
 
-    @pytest.mark.parametrize(
-        "option",
-        [
-            LayerConfig(sparse_pattern=SparsePatternConfig(stride=3)),
-            LayerConfig(lsh=LSHConfig(n_buckets=2)),
-        ],
-    )
-    def test_sparse_pattern_and_lsh_refuse_a_cache(self, option):
-        config = stack_config(depth=2, overrides={1: option})
+    def test_sparse_pattern_decodes_step_by_step_exactly(self):
+        config = stack_config(
+            depth=2,
+            overrides={1: LayerConfig(sparse_pattern=SparsePatternConfig("fixed", stride=3))},
+        )
+        stack = TransformerDecoder(config).double().eval()
+        x, _ = inputs()
+        context, context_mask = inputs(n=5, seed=1)
+        full = stack(x, context, context_mask=context_mask).last_hidden_state
+        cache = stack.new_cache()
+        steps = [
+            stack(x[:, i : i + 1], context, context_mask=context_mask, cache=cache)
+            for i in range(N)
+        ]
+        stepped = torch.cat([s.last_hidden_state for s in steps], dim=1)
+        assert_close(stepped, full)
+        assert [len(c.self_attention) for c in cache] == [N, N]
+
+    def test_lsh_refuses_a_cache(self):
+        config = stack_config(depth=2, overrides={1: LayerConfig(lsh=LSHConfig(n_buckets=2))})
         stack = TransformerDecoder(config, cross_attention=False).double()
         cache = stack.new_cache()
         x, _ = inputs()
