@@ -150,6 +150,39 @@ def _row_pow(x, e):
 
 
 @triton.jit
+def _load_tile(base, offs_n, offs_d, n_k, HEAD_DIM: tl.constexpr):
+    """Rows ``offs_n`` of a ``(n_k, HEAD_DIM)`` matrix, transposed: ``(HEAD_DIM, BLOCK_N)``,
+    zeros past ``n_k``."""
+    return tl.load(
+        base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
+        mask=offs_n[None, :] < n_k,
+        other=0.0,
+    )
+
+
+@triton.jit
+def _score_tile(
+    q,
+    kt,
+    kpm_row,
+    offs_m,
+    offs_n,
+    coef,
+    n_q,
+    n_k,
+    CAUSAL: tl.constexpr,
+    HAS_KPM: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``(z, ok)``: the query block's scores times ``alpha - 1`` against the key tile ``kt``
+    ``(HEAD_DIM, BLOCK_N)``, both ``(BLOCK_M, BLOCK_N)``, and where they are allowed."""
+    z = tl.dot(q, kt, input_precision=PRECISION) * coef
+    keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
+    ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
+    return z, ok
+
+
+@triton.jit
 def _entmax_fwd(
     Q,
     K,
@@ -216,14 +249,10 @@ def _entmax_fwd(
     count = reach * 0
     for tile in range(0, reach):
         offs_n = tile * BLOCK_N + arange_n
-        kt = tl.load(
-            k_base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=offs_n[None, :] < n_k,
-            other=0.0,
+        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
+        z, ok = _score_tile(
+            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
         )
-        z = tl.dot(q, kt, input_precision=PRECISION) * coef
-        keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
-        ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
         top = tl.maximum(top, _max(tl.where(ok, z, float("-inf")), axis=1))
         total += _sum(tl.where(ok, z, 0.0), axis=1)
         allowed_count += _sum(ok.to(tl.float32), axis=1)
@@ -249,14 +278,11 @@ def _entmax_fwd(
         for t in range(0, count):
             tile = tl.load(tiles + t)
             offs_n = tile * BLOCK_N + arange_n
-            kt = tl.load(
-                k_base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
-                mask=offs_n[None, :] < n_k,
-                other=0.0,
+            kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
+            z, ok = _score_tile(
+                q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
             )
-            z = tl.dot(q, kt, input_precision=PRECISION) * coef - top[:, None]
-            keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
-            ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
+            z = z - top[:, None]
             u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
             w, s = _powers(u, r, KIND)
             on = (u > 0).to(tl.float32)
@@ -298,19 +324,16 @@ def _entmax_fwd(
     for t in range(0, count):
         tile = tl.load(tiles + t)
         offs_n = tile * BLOCK_N + arange_n
-        kt = tl.load(
-            k_base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=offs_n[None, :] < n_k,
-            other=0.0,
-        )
+        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
         vt = tl.load(
             v_base + offs_n[:, None] * HEAD_DIM + offs_d[None, :],
             mask=offs_n[:, None] < n_k,
             other=0.0,
         )
-        z = tl.dot(q, kt, input_precision=PRECISION) * coef - top[:, None]
-        keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
-        ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
+        z, ok = _score_tile(
+            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
+        )
+        z = z - top[:, None]
         u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
         w, s = _powers(u, r, KIND)
         acc += tl.dot(w.to(vt.dtype), vt, input_precision=PRECISION)
@@ -392,19 +415,12 @@ def _entmax_bwd_dq(
     for t in range(0, count):
         tile = tl.load(tiles + t)
         offs_n = tile * BLOCK_N + arange_n
-        kt = tl.load(
-            k_base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=offs_n[None, :] < n_k,
-            other=0.0,
+        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
+        vt = _load_tile(v_base, offs_n, offs_d, n_k, HEAD_DIM)
+        z, ok = _score_tile(
+            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
         )
-        vt = tl.load(
-            v_base + offs_n[None, :] * HEAD_DIM + offs_d[:, None],
-            mask=offs_n[None, :] < n_k,
-            other=0.0,
-        )
-        z = tl.dot(q, kt, input_precision=PRECISION) * coef - top[:, None]
-        keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
-        ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
+        z = z - top[:, None]
         u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
         _, s = _powers(u, r, KIND)
         dp = tl.dot(do, vt, input_precision=PRECISION)
