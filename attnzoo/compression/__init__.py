@@ -6,6 +6,7 @@ bytes on disk, latency, metric). Stands on :mod:`attnzoo.attention` and
 :mod:`attnzoo.transformers_zoo`.
 """
 
+from .attention_scores import capture_attention_scores
 from .distillation import (
     DistilBertLoss,
     Distiller,
@@ -74,6 +75,7 @@ from .qat import (
     signed_range,
     symmetric_fake_quantize,
 )
+from .qat_conversion import Int8Linear, convert_qat
 from .quantisation import linear_weight_bytes, quantize_dynamic_int8
 from .report import (
     CompressionReport,
@@ -95,6 +97,7 @@ __all__ = [
     "HeadGates",
     "HeadPruningResult",
     "HintonObjective",
+    "Int8Linear",
     "LayerDrop",
     "LowRankLinear",
     "LsqQuantize",
@@ -108,7 +111,9 @@ __all__ = [
     "apply_layerdrop",
     "apply_movement_pruning",
     "attention_modules",
+    "capture_attention_scores",
     "compression_report",
+    "convert_qat",
     "count_nonzeros",
     "count_parameters",
     "disk_bytes",

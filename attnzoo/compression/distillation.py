@@ -178,14 +178,28 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
     return {m: m * step for m in range(student_layers + 1)}
 
 
+TINYBERT_ATTENTION_MAPS = ("scores", "weights")
+
+
 class TinyBertLoss(nn.Module):
     """TinyBERT's intermediate-layer losses (Jiao et al. 2020): MSE between mapped hidden
     states (and embeddings), through learned projections when the widths differ, plus MSE
-    between mapped attention maps.
+    between mapped attention maps, summed over the mapped layers.
 
-    Attention maps are the attention weights the zoo models return (TinyBERT uses the
-    pre-softmax scores; weights keep masked keys at exactly zero, so padding needs no
-    special value). Both losses count real tokens only (queries and keys for attention).
+    Attention maps, chosen by ``attention``:
+
+    * ``"scores"`` (the paper's): the unnormalised ``Q K^T / sqrt(d_k)`` of every head, as
+      :func:`~attnzoo.compression.attention_scores.capture_attention_scores` records them.
+      Padding follows the TinyBERT code: entries whose KEY is padding are set to zero in
+      both maps (their code adds -10000 there and then zeroes every entry <= -100; zeroing
+      by the mask gives the same on masked keys and leaves a very negative real score
+      alone), and the mean runs over all ``batch * heads * n * n`` entries, padded query
+      rows included.
+    * ``"weights"``: the attention weights the zoo models return with
+      ``output_attentions=True`` (masked keys are already zero); the mean runs over real
+      query-key pairs only.
+
+    The hidden-state loss counts real tokens only in both cases.
 
     Args:
         student_dim, teacher_dim: hidden widths.
@@ -193,6 +207,8 @@ class TinyBertLoss(nn.Module):
             :func:`uniform_layer_map`; attention maps use the pairs with index >= 1 (layer
             ``m`` -> ``attentions[m - 1]``).
         attention_weight, hidden_weight: weights of the two terms.
+        attention: ``"scores"`` or ``"weights"``, what the attention maps passed to
+            :meth:`forward` are.
 
     Parameters: ``projection`` (``W_h``, Linear ``student_dim -> teacher_dim``, no bias) for
     the layers' hidden states and ``embedding_projection`` (``W_e``, the same shape) for the
@@ -206,13 +222,19 @@ class TinyBertLoss(nn.Module):
         layer_map: Mapping[int, int],
         attention_weight: float = 1.0,
         hidden_weight: float = 1.0,
+        attention: str = "scores",
     ) -> None:
         super().__init__()
         check_int(student_dim, "student_dim")
         check_int(teacher_dim, "teacher_dim")
         if not layer_map:
             raise ValueError("`layer_map` must pair at least one student and teacher layer")
+        if attention not in TINYBERT_ATTENTION_MAPS:
+            raise ValueError(
+                f"`attention` must be one of {TINYBERT_ATTENTION_MAPS}, got {attention!r}"
+            )
         self.layer_map = dict(layer_map)
+        self.attention = attention
         self.attention_weight, self.hidden_weight = attention_weight, hidden_weight
         widths_differ = student_dim != teacher_dim
         self.projection = nn.Linear(student_dim, teacher_dim, bias=False) if widths_differ else None
@@ -229,12 +251,20 @@ class TinyBertLoss(nn.Module):
         mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Args: hidden states: sequences of ``(batch, n, dim)`` (embeddings first);
-        attentions: sequences of ``(batch, heads, n, n)`` (heads must agree); ``mask``
-        ``(batch, n)`` boolean, True = real token.
+        attentions: sequences of ``(batch, heads, n, n)`` scores or weights (see
+        ``attention``; heads must agree); ``mask`` ``(batch, n)`` boolean, True = real token.
 
         Returns:
             ``{"loss", "hidden", "attention"}`` scalars.
         """
+        if mask is not None:
+            check_bool_mask(mask, "mask")
+            tokens = student_hidden[0].shape[:2]
+            if mask.shape != tokens:
+                raise ValueError(
+                    f"`mask` must have shape {tuple(tokens)} (batch, n) of the hidden states, "
+                    f"got {tuple(mask.shape)}"
+                )
         hidden = student_hidden[0].new_zeros(())
         attention = student_hidden[0].new_zeros(())
         for s, t in self.layer_map.items():
@@ -255,10 +285,26 @@ class TinyBertLoss(nn.Module):
                         f"student attention {tuple(a_s.shape)} and teacher attention "
                         f"{tuple(a_t.shape)} must have the same shape (same number of heads)"
                     )
-                pair = None if mask is None else mask[:, None, :, None] & mask[:, None, None, :]
-                attention = attention + _masked_mse(a_s[..., None], a_t[..., None], pair)
+                attention = attention + self._attention_mse(a_s, a_t, mask)
         loss = self.hidden_weight * hidden + self.attention_weight * attention
         return {"loss": loss, "hidden": hidden, "attention": attention}
+
+    def _attention_mse(self, student: Tensor, teacher: Tensor, mask: Tensor | None) -> Tensor:
+        """MSE of two ``(batch, heads, n, n)`` maps, padding handled as the class says."""
+        if self.attention == "weights":
+            pair = None if mask is None else mask[:, None, :, None] & mask[:, None, None, :]
+            return _masked_mse(student[..., None], teacher[..., None], pair)
+        if mask is not None:
+            keys = student.shape[:1] + student.shape[-1:]
+            if mask.shape != keys:
+                raise ValueError(
+                    f"`mask` must have shape {tuple(keys)} (batch, n_keys) of the attention "
+                    f"maps, got {tuple(mask.shape)}"
+                )
+            real_key = mask[:, None, None, :]
+            student = student.masked_fill(~real_key, 0.0)
+            teacher = teacher.masked_fill(~real_key, 0.0)
+        return _masked_mse(student, teacher, None)
 
 
 def _masked_mse(a: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
@@ -363,6 +409,7 @@ class Distiller:
 
 
 __all__ = [
+    "TINYBERT_ATTENTION_MAPS",
     "DistilBertLoss",
     "Distiller",
     "HintonObjective",

@@ -76,7 +76,8 @@ class LsqQuantizer(nn.Module):
     """LSQ fake quantiser of one tensor with a learned step size.
 
     ``forward(v)``: same shape as ``v``. The step ``(1,)`` is initialised on the first call
-    from that tensor (``2 * mean|v| / sqrt(Q_P)``) and then learned. ``per_example`` makes
+    from that tensor (``2 * mean|v| / sqrt(Q_P)``) and then learned, kept at least float32's
+    epsilon (an optimiser step can push it below zero). ``per_example`` makes
     the gradient scale use the features of one example (activations) instead of all
     entries (weights).
 
@@ -100,6 +101,11 @@ class LsqQuantizer(nn.Module):
                 init = 2 * v.detach().abs().mean() / math.sqrt(self.qp)
                 self.step.copy_(init.clamp_min(1e-8).reshape(1))
                 self.initialized.fill_(True)
+        else:
+            # An optimiser step can push the step size to 0 or below; like PyTorch's
+            # learnable fake quantiser, keep it at least float32's epsilon.
+            with torch.no_grad():
+                self.step.clamp_(min=torch.finfo(torch.float32).eps)
         numel = v.shape[-1] if self.per_example else v.numel()
         grad_scale = 1.0 / math.sqrt(self.qp * numel)
         step = self.step.to(v.dtype)

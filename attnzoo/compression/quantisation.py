@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import nn
 
+from .qat_conversion import Int8Linear
 from .report import effective_tensors
 
 
@@ -70,13 +71,16 @@ def quantize_dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes held by the weight matrices of the linear layers (float or int8; a quantised
-    weight counts its int8 codes plus its scale and zero point), biases excluded."""
+    weight counts its int8 codes plus its scale and zero point, an :class:`Int8Linear` its
+    codes plus its weight and input scales), biases excluded."""
     total = 0
     for module in model.modules():
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             weight = module.weight()
             extra = 8 if weight.qscheme() == torch.per_tensor_affine else 8 * weight.shape[0]
             total += weight.numel() * weight.element_size() + extra
+        elif isinstance(module, Int8Linear):  # int8 codes plus two float32 scales
+            total += module.weight.numel() * module.weight.element_size() + 8
         elif isinstance(module, nn.Linear):
             tensors = effective_tensors(module)
             total += tensors["weight"].numel() * tensors["weight"].element_size()

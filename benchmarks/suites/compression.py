@@ -1,11 +1,13 @@
-"""``compression``: zoo BERT forward, dense vs half the heads pruned vs dynamic int8.
+"""``compression``: zoo BERT forward, dense vs half the heads pruned vs dynamic int8 vs
+QAT-converted int8.
 
 Each compressed model is timed against the dense model it came from, in the same run, so
 the ratio is the speed-up the compression really buys on this machine. The correctness
 column checks that the compressed model computes what it should, not that it equals the
 dense one: the head-pruned model against the dense model with the same heads gated to zero
 (:class:`~attnzoo.compression.HeadGates`), the int8 model against a float emulation of
-dynamic int8 arithmetic.
+dynamic int8 arithmetic, the QAT-converted int8 model against the fake-quantised model it
+was converted from.
 """
 
 from __future__ import annotations
@@ -124,6 +126,29 @@ def _build_int8(ctx: Context, shape: dict[str, int], batch: int, n: int) -> Setu
     )
 
 
+def _build_qat_int8(ctx: Context, shape: dict[str, int], batch: int, n: int) -> Setup:
+    from attnzoo.compression import convert_qat, prepare_qat
+
+    dense = _dense_bert(ctx, shape, torch.float32)
+    ids, real = _inputs(ctx, shape, batch, n)
+    fake_quantised = copy.deepcopy(dense)
+    prepare_qat(fake_quantised, "lsq")
+    fake_quantised.train()
+    with torch.no_grad():  # the first batch initialises the LSQ steps
+        fake_quantised(ids, attention_mask=real)
+    fake_quantised.eval()
+    converted = convert_qat(fake_quantised)
+
+    def run(model: nn.Module) -> Tensor:
+        return model(ids, attention_mask=real).last_hidden_state[real]
+
+    return Setup(
+        ours=partial(run, converted),
+        baseline=partial(run, dense),
+        reference=partial(run, fake_quantised),
+    )
+
+
 def cases(ctx: Context) -> list[Case]:
     base = {"hidden": 768, "heads": 12, "vocab": 30522}
     shape = ctx.pick(
@@ -157,6 +182,17 @@ def cases(ctx: Context) -> list[Case]:
                 dtype=torch.float32,
             )
         )
+        found.append(
+            Case(
+                suite="compression",
+                name=f"LSQ QAT converted to int8 (static scales), {size}",
+                n=n,
+                params=params,
+                build=partial(_build_qat_int8, ctx, shape, batch, n),
+                backward=False,
+                dtype=torch.float32,
+            )
+        )
     return found
 
 
@@ -172,13 +208,16 @@ NOTE = (
     "7-bit codes, int8 weights): on large inputs the kernel occasionally rounds an "
     "activation that sits on a rounding boundary the other way, which moves an output by "
     "one quantisation step, so a diff of order 1e-3 can appear there; the error against "
-    "the float model is reported by `attnzoo.compression` tests, not here. The ratio is "
+    "the float model is reported by `attnzoo.compression` tests, not here. QAT int8: every Linear "
+    "prepared for LSQ (8-bit, steps initialised on the timed batch), then converted by "
+    "`convert_qat` (int8 codes, learned static input scales, `torch._int_mm` int32 accumulation; "
+    "CPU only), checked against the fake-quantised model it came from. The ratio is "
     "the speed-up (below 1) or slow-down the compression buys on this machine."
 )
 
 SUITE = Suite(
     name="compression",
-    title="compressed zoo BERT (head-pruned, dynamic int8) vs the dense model",
+    title="compressed zoo BERT (head-pruned, dynamic int8, QAT int8) vs the dense model",
     note=NOTE,
     cases=cases,
 )

@@ -112,7 +112,7 @@ def test_uniform_layer_map() -> None:
 
 def test_tinybert_loss_against_brute_force() -> None:
     torch.manual_seed(0)
-    loss = TinyBertLoss(4, 6, {0: 0, 1: 2}).double()
+    loss = TinyBertLoss(4, 6, {0: 0, 1: 2}, attention="weights").double()
     assert loss.projection is not None and loss.embedding_projection is not None
     s_hidden = [torch.randn(2, 3, 4, dtype=torch.float64) for _ in range(2)]
     t_hidden = [torch.randn(2, 3, 6, dtype=torch.float64) for _ in range(3)]
@@ -144,7 +144,7 @@ def test_tinybert_loss_against_brute_force() -> None:
 
 def test_distiller_trains_student_and_projection_not_teacher(make_config: Any) -> None:
     teacher, student = _masked_lms(make_config)
-    tinybert = TinyBertLoss(16, 32, uniform_layer_map(2, 4))
+    tinybert = TinyBertLoss(16, 32, uniform_layer_map(2, 4), attention="weights")
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     projection_before = tinybert.projection.weight.detach().clone()  # type: ignore[union-attr]
     ids = torch.randint(1, 53, (4, 6))

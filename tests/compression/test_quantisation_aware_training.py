@@ -85,6 +85,17 @@ def test_lsq_quantizer_initialises_its_step_from_the_first_batch() -> None:
     assert codes.min() >= -8 and codes.max() <= 7
 
 
+def test_lsq_step_pushed_below_zero_is_kept_positive() -> None:
+    quantizer = LsqQuantizer(bits=8)
+    v = torch.randn(4, 6)
+    quantizer(v)  # initialises the step
+    with torch.no_grad():
+        quantizer.step.fill_(-0.3)  # what a large optimiser step can do
+    out = quantizer(v)
+    assert quantizer.step.item() == torch.finfo(torch.float32).eps
+    assert torch.isfinite(out).all()
+
+
 def test_q8bert_ema_range_and_symmetric_quantisation() -> None:
     ema = EmaAbsMax(decay=0.9)
     ema.train()
