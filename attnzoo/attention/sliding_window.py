@@ -16,9 +16,12 @@ window columns ``r .. r + before + after``: a fixed band that is ANDed with the
 key-padding mask and with "key index inside ``[0, n)``". Memory and work are
 ``O(n * (B + before + after))`` with ``B`` half the window width (at least 32).
 
-Softmax without returned weights hands each block to
-:func:`torch.nn.functional.scaled_dot_product_attention` with that boolean mask; every
-other case normalises the block scores with
+Softmax without returned weights hands all blocks to one
+:func:`torch.nn.functional.scaled_dot_product_attention` call, blocks on its batch axis and
+heads on its head axis, with that mask as an additive float mask shared by the heads (for a
+batch of one, the queries and key windows are views, nothing is copied); the backward of the
+overlapping key windows is a few shifted adds. Every other case normalises the block scores
+with
 :func:`~attnzoo.attention.normalizers.masked_normalize` (a masked entry gets exactly zero
 weight, so normalising the block row equals normalising the band row).
 
@@ -31,6 +34,7 @@ plotting.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -116,12 +120,14 @@ def sliding_window_attention(
     tail = n_blocks * block - n  # query positions added so that the blocks tile evenly
 
     allowed = _block_mask(mask, n, lo, hi, block, n_blocks, q.device)  # (b|1, 1, nb, B, L)
-    q_blocks = F.pad(q, (0, 0, 0, tail)).unflatten(2, (n_blocks, block))  # (b, h, nb, B, d)
+    q_padded = q if tail == 0 else F.pad(q, (0, 0, 0, tail))
+    q_blocks = q_padded.unflatten(2, (n_blocks, block))  # (b, h, nb, B, d)
     k_win = _key_windows(k, lo, hi + tail, block)  # (b, h, nb, L, d)
     v_win = _key_windows(v, lo, hi + tail, block)  # (b, h, nb, L, d_v)
 
     if isinstance(normalizer, str) and normalizer == "softmax" and not return_weights:
-        out = _sdpa_blocks(q_blocks, k_win, v_win, allowed, p_drop, scale)
+        # Without a padding mask every query sees at least itself: no empty row to zero.
+        out = _sdpa_blocks(q_blocks, k_win, v_win, allowed, p_drop, scale, mask is not None)
         return out.flatten(2, 3)[:, :, :n]
 
     scores = torch.matmul(q_blocks, k_win.transpose(-2, -1)) * scale  # (b, h, nb, B, L)
@@ -267,8 +273,10 @@ def _block_size(n: int, width: int) -> int:
 
     Each block computes ``B * (B + width - 1)`` scores for ``B * width`` useful ones, so a
     block of half the window computes 1.5 scores per useful one; a smaller block wastes less
-    but makes the matmuls too small to run efficiently (measured on CPU: ``width // 2`` was
-    as fast as ``width`` or faster for windows of 64 to 256).
+    but makes the matmuls too small to run efficiently. Measured on CPU, one thread,
+    forward+backward at n = 8192: ``width // 2`` beat ``width``, ``width // 4`` and
+    ``width // 8`` for causal windows of 128 and 256 and for a window of 64 + 1 + 64;
+    ``width // 4`` was 5 % faster for a causal window of 512 and has the faster forward.
     """
     return max(1, min(n, max(width // 2, _MIN_BLOCK)))
 
@@ -291,7 +299,37 @@ def _key_windows(x: Tensor, pad_front: int, pad_back: int, block: int) -> Tensor
     padded = F.pad(x, (0, 0, pad_front, pad_back))
     n_blocks = -(-x.shape[2] // block)
     span = padded.shape[2] - (n_blocks - 1) * block
-    return padded.unfold(2, span, block).transpose(-2, -1)
+    return _OverlappingWindows.apply(padded, span, block)
+
+
+class _OverlappingWindows(torch.autograd.Function):
+    """``padded.unfold(2, span, step).transpose(-2, -1)`` with a backward of shifted adds.
+
+    Autograd's own backward of ``unfold`` (``unfold_backward``) was a sixth of the whole
+    forward+backward time at n = 8192, window 256. Here the windows' gradient
+    ``(b, h, nb, L, d)`` is cut into ``m = ceil(L / step)`` slices of ``step`` rows (the
+    last one shorter when ``step`` does not divide ``L``); slice ``j`` of window ``t`` lands
+    on rows ``(t + j) * step ..`` of the padded input, so the input gradient is one copy and
+    ``m - 1`` strided adds of ``nb`` slices each.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, padded: Tensor, span: int, step: int) -> Tensor:
+        ctx.padded_shape, ctx.step = padded.shape, step
+        return padded.unfold(2, span, step).transpose(-2, -1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        batch, heads, n_blocks, span, width = grad.shape
+        step = ctx.step  # span >= step: the first slice is always whole
+        m = -(-span // step)
+        total = grad.new_empty(batch, heads, n_blocks + m - 1, step, width)
+        total[:, :, :n_blocks] = grad[:, :, :, :step]
+        total[:, :, n_blocks:] = 0
+        for j in range(1, m):
+            part = grad[:, :, :, j * step : (j + 1) * step]  # the last may be shorter
+            total[:, :, j : j + n_blocks, : part.shape[3]] += part
+        return total.flatten(2, 3)[:, :, : ctx.padded_shape[2]], None, None
 
 
 def _block_mask(
@@ -324,30 +362,60 @@ def _block_mask(
 
 
 def _sdpa_blocks(
-    q_blocks: Tensor, k_win: Tensor, v_win: Tensor, allowed: Tensor, p_drop: float, scale: float
+    q_blocks: Tensor,
+    k_win: Tensor,
+    v_win: Tensor,
+    allowed: Tensor,
+    p_drop: float,
+    scale: float,
+    zero_empty_rows: bool,
 ) -> Tensor:
-    """Softmax attention of every block through SDPA; rows with no allowed key give zeros.
+    """Softmax attention of every block through one SDPA call.
 
-    The padding rows that complete the last block, and queries whose window is all padding,
-    have no allowed key. Depending on the backend SDPA returns NaN for such rows (and NaN
-    gradients); letting them attend everywhere and zeroing the result afterwards keeps both
-    the output and the gradient exactly zero there.
+    Args:
+        q_blocks: ``(b, h, nb, B, d)``; k_win, v_win: ``(b, h, nb, L, d | d_v)``.
+        allowed: ``(b | 1, 1, nb, B, L)`` boolean, True where the query sees the key.
+        zero_empty_rows: zero the output of rows with no allowed key (needed only when a
+            real query can have none, i.e. with a key-padding mask).
+
+    Returns:
+        ``(b, h, nb, B, d_v)``.
+
+    SDPA gets the blocks on its batch axis and the heads on its head axis: for batch 1
+    these are strided views of the inputs (the overlapping key windows included), and the
+    additive float mask ``(b * nb, 1, B, L)`` broadcasts over the heads. A boolean mask, or
+    a mask that varies along SDPA's head axis, would be converted to a float mask of
+    ``b * h * nb * B * L`` entries on every call; with heads and blocks flattened into one
+    axis the key windows were copied as well (measured on CPU at n = 8192, window 256,
+    one thread: forward 197 -> 109 ms, forward+backward 569 -> 379 ms with
+    :class:`_OverlappingWindows`).
+
+    Rows with no allowed key (the padding that completes the last block, queries whose
+    window is all padding) attend to the whole block window instead of to nothing, which
+    some SDPA backends turn into NaN values and gradients; their output is dropped or
+    zeroed afterwards, so both the output and the gradient there are exactly zero.
     """
-    has_key = allowed.any(dim=-1, keepdim=True)
     batch, heads, n_blocks, block, _ = q_blocks.shape
-    mask = (allowed | ~has_key).expand(batch, heads, n_blocks, block, k_win.shape[-2])
-    # Heads and blocks as one axis: SDPA's fused kernels take 4-D inputs, while 5-D ones
-    # fall back to its unfused reference path (measured on CPU at n = 8192, window 256:
-    # forward 326 -> 219 ms, forward+backward 694 -> 625 ms).
+    span = k_win.shape[-2]
+    has_key = allowed.any(dim=-1, keepdim=True)
+    blocked = ~allowed & has_key
+    bias = torch.zeros(allowed.shape, dtype=q_blocks.dtype, device=q_blocks.device)
+    bias = bias.masked_fill_(blocked, float("-inf")).expand(batch, -1, -1, -1, -1)
+    bias = bias.transpose(1, 2).reshape(batch * n_blocks, 1, block, span)
+
+    def blocks_first(x: Tensor) -> Tensor:
+        return x.transpose(1, 2).reshape(batch * n_blocks, heads, *x.shape[-2:])
+
     out = F.scaled_dot_product_attention(
-        q_blocks.flatten(1, 2),
-        k_win.flatten(1, 2),
-        v_win.flatten(1, 2),
-        attn_mask=mask.flatten(1, 2),
+        blocks_first(q_blocks),
+        blocks_first(k_win),
+        blocks_first(v_win),
+        attn_mask=bias,
         dropout_p=p_drop,
         scale=scale,
     )
-    return out.unflatten(1, (heads, n_blocks)).masked_fill(~has_key, 0.0)
+    out = out.unflatten(0, (batch, n_blocks)).transpose(1, 2)  # (b, h, nb, B, d_v)
+    return out.masked_fill(~has_key, 0.0) if zero_empty_rows else out
 
 
 def _blocks_to_band(weights: Tensor, width: int) -> Tensor:

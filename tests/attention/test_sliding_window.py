@@ -18,6 +18,7 @@ from attnzoo.attention.functional import attend
 from attnzoo.attention.normalizers import masked_normalize
 from attnzoo.attention.sliding_window import (
     SlidingWindowAttention,
+    _key_windows,
     band_to_dense,
     sliding_window_attention,
 )
@@ -276,6 +277,43 @@ class TestGradients:
         for mine, theirs in zip(ours, ref, strict=True):
             assert max_diff(mine, theirs) <= 1e-10
 
+    # Key windows of B + before + after rows over query blocks of B: (64, 0) gives a span of
+    # exactly 3 blocks, (40, 17) and (5, 0) a span that is not a whole number of blocks,
+    # (150, 150) one block; several blocks overlap each key, whose gradients must add up.
+    @pytest.mark.parametrize("before,after", [(64, 0), (40, 17), (5, 0), (150, 150)])
+    @pytest.mark.parametrize("masked", [False, True])
+    def test_overlapping_key_window_gradients_match_dense(self, before, after, masked):
+        n = 203
+        q, k, v = qkv(batch=3, heads=2, n=n, d=4, d_v=5, seed=7)
+        mask = padding_mask(3, n, seed=7) if masked else None
+        g_out = torch.randn(3, 2, n, 5, dtype=torch.float64)
+
+        def grads(fn):
+            leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+            (fn(*leaves) * g_out).sum().backward()
+            return [x.grad for x in leaves]
+
+        ours = grads(
+            lambda a, b, c: sliding_window_attention(a, b, c, before=before, after=after, mask=mask)
+        )
+        ref = grads(lambda a, b, c: dense_reference(a, b, c, before, after, mask)[0])
+        for mine, theirs in zip(ours, ref, strict=True):
+            assert max_diff(mine, theirs) <= 1e-10
+
+    # (pad_front, pad_back, block): the window spans 3 blocks, 2.25 blocks, 1 block, 2 blocks.
+    @pytest.mark.parametrize("front,back,block", [(8, 0, 4), (5, 0, 4), (0, 0, 11), (3, 0, 3)])
+    def test_key_windows_are_unfold_with_its_gradient(self, front, back, block):
+        x = torch.randn(2, 3, 11, 4, dtype=torch.float64, requires_grad=True)
+        n_blocks = -(-11 // block)
+        back += n_blocks * block - 11
+        padded = F.pad(x, (0, 0, front, back))
+        span = padded.shape[2] - (n_blocks - 1) * block
+        windows = _key_windows(x, front, back, block)
+        assert torch.equal(windows, padded.unfold(2, span, block).transpose(-2, -1))
+        fn = lambda t: _key_windows(t, front, back, block)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
     def test_gradcheck(self):
         q, k, v = (x.requires_grad_(True) for x in qkv(batch=1, heads=2, n=9, d=3))
         mask = padding_mask(1, 9, seed=6)
@@ -360,6 +398,48 @@ class TestMemory:
         band = band_mask(n, 5, 3)
         spy, _ = _run_spied(lambda q, k, v: attend(q, k, v, mask=band), n)
         assert spy.largest >= n * n or spy.sdpa_keys == n
+
+
+class _SdpaMasks(TorchDispatchMode):
+    """Records the attention mask of every SDPA call and the largest storage any op returns.
+
+    Storage, in elements, not ``numel``: a strided view of overlapping windows has more
+    elements than the memory it reads, and only a copy allocates them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if "scaled_dot_product" in func.name():
+            self.masks.append(kwargs.get("attn_mask"))
+        out = func(*args, **kwargs)
+        for x in torch.utils._pytree.tree_leaves(out):
+            if isinstance(x, torch.Tensor):
+                stored = x.untyped_storage().nbytes() // x.element_size()
+                self.largest = max(self.largest, stored)
+        return out
+
+
+class TestSdpaLayout:
+    def test_mask_is_shared_by_heads_and_windows_are_not_copied(self):
+        # The causal spec case at a small length: the SDPA mask must be a float mask with one
+        # row block per (sequence, block), broadcast over the heads (a boolean mask, or one
+        # per head, is expanded to heads * n * L entries on every call), and the forward
+        # must not copy the overlapping key windows (heads * n * L * d / B entries, 3x k).
+        batch, heads, n, d, before = 1, 8, 1024, 64, 256
+        q, k, v = qkv(batch=batch, heads=heads, n=n, d=d, dtype=torch.float32)
+        with torch.no_grad(), _SdpaMasks() as spy:
+            out = sliding_window_attention(q, k, v, before=before, after=0)
+        assert max_diff(out, dense_reference(q, k, v, before, 0)[0]) <= 1e-5
+        (mask,) = spy.masks
+        assert mask.is_floating_point()
+        assert mask.shape[1] == 1
+        padded_keys = batch * heads * (n + before) * d
+        assert spy.largest <= padded_keys
 
 
 class TestModule:
