@@ -27,7 +27,7 @@ def _kernels() -> ModuleType:
     ``triton.jit`` chooses between compiled and interpreted kernels when it decorates them,
     reading TRITON_INTERPRET at that moment (not when ``triton`` itself was imported). So
     setting the variable just around this module's import is enough even if ``triton`` was
-    imported earlier in the session; if the module was already imported with compiled
+    imported earlier in the test run; if the module was already imported with compiled
     kernels (by another test going through ``blockwise_attention``), reloading it
     decorates its kernels again, now for the interpreter. The variable is restored
     afterwards so no other test sees it.
