@@ -54,7 +54,7 @@ from .hard import (
     reinforce_loss,
 )
 from .lsh import LSHAttention, lsh_allowed_mask, lsh_attention, lsh_buckets, random_rotations
-from .multi_head import KVCache, MultiHeadAttention
+from .multi_head import AttentionProjections, KVCache, MultiHeadAttention
 from .normalizers import (
     Normalizer,
     available_normalizers,
@@ -109,6 +109,7 @@ __all__ = [
     "AlphaEntmax",
     "AlphaEntmaxFunction",
     "AttentionPooling",
+    "AttentionProjections",
     "AttentionalHidden",
     "BahdanauAttention",
     "DotScore",

@@ -71,7 +71,31 @@ class KVCache:
         self.key = self.value = None
 
 
-class MultiHeadAttention(nn.Module):
+class AttentionProjections(nn.Module):
+    """Separate query, key, value and output projections (Hugging Face BERT's layout), the
+    parameters every multi-head attention module of this package shares.
+
+    Subclasses call :meth:`add_projections` in ``__init__`` and get ``query`` (Linear
+    ``dim -> inner``), ``key`` and ``value`` (Linear ``kv_dim -> inner``), ``out`` (Linear
+    ``inner -> dim``) and :meth:`reset_parameters`.
+    """
+
+    def add_projections(
+        self, dim: int, inner: int, kv_dim: int | None = None, bias: bool = True
+    ) -> None:
+        """Create the four projections; ``kv_dim`` (default ``dim``) is the keys' input width."""
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.query = nn.Linear(dim, inner, bias=bias)
+        self.key = nn.Linear(kv_dim, inner, bias=bias)
+        self.value = nn.Linear(kv_dim, inner, bias=bias)
+        self.out = nn.Linear(inner, dim, bias=bias)
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases."""
+        xavier_init_(self.query, self.key, self.value, self.out)
+
+
+class MultiHeadAttention(AttentionProjections):
     """Multi-head attention over ``(batch, seq, dim)`` inputs.
 
     Args:
@@ -127,11 +151,7 @@ class MultiHeadAttention(nn.Module):
 
         self.dim, self.heads, self.dim_head, self.kv_dim = dim, heads, dim_head, kv_dim
         self.normalizer, self.causal, self.dropout = normalizer, causal, dropout
-        inner = heads * dim_head
-        self.query = nn.Linear(dim, inner, bias=bias)
-        self.key = nn.Linear(kv_dim, inner, bias=bias)
-        self.value = nn.Linear(kv_dim, inner, bias=bias)
-        self.out = nn.Linear(inner, dim, bias=bias)
+        self.add_projections(dim, heads * dim_head, kv_dim, bias)
         self.alpha = (
             EntmaxAlpha(heads, init=1.5 if alpha is None else alpha) if learn_alpha else None
         )
@@ -140,10 +160,6 @@ class MultiHeadAttention(nn.Module):
         self.rotary = RotaryEmbedding(dim_head, rotary_base) if position == "rotary" else None
         self.alibi = ALiBi(heads) if position == "alibi" else None
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Xavier-uniform weights, zero biases."""
-        xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
         self,

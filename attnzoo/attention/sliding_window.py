@@ -39,9 +39,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
-from .multi_head import resolve_dim_head, xavier_init_
+from .multi_head import AttentionProjections, resolve_dim_head
 from .normalizers import Normalizer, masked_normalize
 from .validation import (
     check_bool_mask,
@@ -171,7 +171,7 @@ def band_to_dense(weights_band: Tensor, before: int, after: int) -> Tensor:
     return dense.scatter_add(-1, index, values)
 
 
-class SlidingWindowAttention(nn.Module):
+class SlidingWindowAttention(AttentionProjections):
     """Multi-head self-attention in which token ``i`` attends to tokens ``i - before .. i + after``.
 
     Parameters: ``query``, ``key``, ``value`` (``dim -> heads * dim_head``) and ``out``
@@ -212,16 +212,8 @@ class SlidingWindowAttention(nn.Module):
             raise ValueError(f"`alpha` only applies to normalizer='entmax', got {normalizer!r}")
         self.heads, self.before, self.after = heads, before, after
         self.normalizer, self.alpha, self.dropout = normalizer, alpha, dropout
-        inner = heads * dim_head
-        self.query = nn.Linear(dim, inner, bias=bias)
-        self.key = nn.Linear(dim, inner, bias=bias)
-        self.value = nn.Linear(dim, inner, bias=bias)
-        self.out = nn.Linear(inner, dim, bias=bias)
+        self.add_projections(dim, heads * dim_head, bias=bias)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Xavier-uniform weights, zero biases."""
-        xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False

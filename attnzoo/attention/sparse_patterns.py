@@ -54,10 +54,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .multi_head import KVCache, resolve_dim_head, xavier_init_
+from .multi_head import AttentionProjections, KVCache, resolve_dim_head
 from .normalizers import Normalizer, get_normalizer, masked_normalize
 from .sliding_window import check_local_attention_inputs
 from .validation import (
@@ -575,7 +575,7 @@ def pattern_weights_to_dense(
 # --------------------------------------------------------------------------- the module
 
 
-class SparseTransformerAttention(nn.Module):
+class SparseTransformerAttention(AttentionProjections):
     """Multi-head self-attention over a Sparse Transformer pattern (Child et al. 2019).
 
     Parameters: ``query``, ``key``, ``value`` (``dim -> heads * dim_head``) and ``out``
@@ -631,16 +631,8 @@ class SparseTransformerAttention(nn.Module):
         self.pattern, self.stride, self.summary = pattern, stride, summary
         self.causal, self.part = causal, part
         self.normalizer, self.alpha, self.dropout = normalizer, alpha, dropout
-        inner = heads * dim_head
-        self.query = nn.Linear(dim, inner, bias=bias)
-        self.key = nn.Linear(dim, inner, bias=bias)
-        self.value = nn.Linear(dim, inner, bias=bias)
-        self.out = nn.Linear(inner, dim, bias=bias)
+        self.add_projections(dim, heads * dim_head, bias=bias)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Xavier-uniform weights, zero biases."""
-        xavier_init_(self.query, self.key, self.value, self.out)
 
     def forward(
         self,
