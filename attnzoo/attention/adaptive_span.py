@@ -38,7 +38,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .functional import attend
@@ -224,10 +223,10 @@ class AdaptiveSpanAttention(MultiHeadAttention):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        if weights is None:
-            return out
+        projected = self._project_out(result)
+        if not isinstance(projected, tuple):
+            return projected
+        out, weights = projected
         return out, F.pad(weights, (n_k - keep, 0))
 
     def extra_repr(self) -> str:

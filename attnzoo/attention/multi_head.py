@@ -94,6 +94,19 @@ class AttentionProjections(nn.Module):
         """Xavier-uniform weights, zero biases."""
         xavier_init_(self.query, self.key, self.value, self.out)
 
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)``."""
+        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+
+    def _project_out(
+        self, result: Tensor | tuple[Tensor, Tensor]
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """An attention result ``(batch, heads, n, dim_head)`` (or ``(out, weights)``) with
+        its heads merged and projected by ``out``: ``(batch, n, dim)`` (or ``(out, weights)``)."""
+        out, weights = result if isinstance(result, tuple) else (result, None)
+        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
+        return (out, weights) if weights is not None else out
+
 
 class MultiHeadAttention(AttentionProjections):
     """Multi-head attention over ``(batch, seq, dim)`` inputs.
@@ -212,13 +225,7 @@ class MultiHeadAttention(AttentionProjections):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        return (out, weights) if weights is not None else out
-
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)``."""
-        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+        return self._project_out(result)
 
     def _keys_values(
         self, x: Tensor, context: Tensor | None, cache: KVCache | None, offset: int = 0

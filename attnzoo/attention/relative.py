@@ -216,9 +216,7 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        return (out, weights) if weights is not None else out
+        return self._project_out(result)
 
     def extra_repr(self) -> str:
         return (

@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from .multi_head import AttentionProjections, resolve_dim_head
@@ -232,10 +231,7 @@ class SlidingWindowAttention(AttentionProjections):
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.query.in_features, "x", "dim")
-        q, k, v = (
-            rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
-            for proj in (self.query, self.key, self.value)
-        )
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.query, self.key, self.value))
         result = sliding_window_attention(
             q,
             k,
@@ -249,9 +245,7 @@ class SlidingWindowAttention(AttentionProjections):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        return (out, weights) if weights is not None else out
+        return self._project_out(result)
 
     def extra_repr(self) -> str:
         return (

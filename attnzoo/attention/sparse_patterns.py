@@ -53,7 +53,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -662,10 +661,7 @@ class SparseTransformerAttention(AttentionProjections):
         check_size(x, -1, self.dim, "x", "dim")
         if cache is not None:
             self._check_cache(cache, x)
-        q, k, v = (
-            rearrange(proj(x), "b n (h d) -> b h n d", h=self.heads)
-            for proj in (self.query, self.key, self.value)
-        )
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.query, self.key, self.value))
         if cache is not None:
             if mask is not None:
                 # Checked before the cache grows, so a bad mask leaves it untouched.
@@ -693,9 +689,7 @@ class SparseTransformerAttention(AttentionProjections):
             return_weights=return_weights,
             training=self.training,
         )
-        out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
-        return (out, weights) if weights is not None else out
+        return self._project_out(result)
 
     def _check_cache(self, cache: object, x: Tensor) -> None:
         """Refuse a cache this layer cannot extend, before anything is appended to it."""
