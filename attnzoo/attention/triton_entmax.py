@@ -10,25 +10,28 @@ tiles several times, recomputing each score tile instead of storing it:
 2. **Newton passes** on ``h(tau) = ||[z - m - tau]_+||_r - 1``, ``r = 1 / (alpha - 1)``.
    For ``alpha <= 2`` (``r >= 1``) ``h`` is convex and decreasing, so a Newton step from a
    lower bound of the root is again a lower bound: from ``max(-1, Jensen)`` the iterates
-   climb monotonically, never overshoot, and each pass can drop the key tiles that have
-   no entry above the current bound (they stay at zero for every later, larger
-   threshold). This is the block sparsity of AdaSplash (Goncalves et al. 2025): the later
-   passes, the output pass and the whole backward visit only the surviving tiles. For
-   ``alpha = 2`` the step is Michelot's, exact once the support is; for ``alpha = 1.5``
-   the last pass also gives the exact root of the quadratic on its support (the formula
-   of :func:`~attnzoo.attention.entmax.entmax15`), taken when the support size was the
-   same in the last two passes and the root lies above the Newton iterate.
-3. **Output pass**: ``out = sum_j p_ij v_j / sum_j p_ij`` over the surviving tiles (the
-   division makes a threshold a few ulps short of the root still give weights that sum
-   to one).
+   climb monotonically and never overshoot. For ``alpha = 2`` the step is Michelot's,
+   exact once the support is, and the passes stop when every row of the block saw its
+   support unchanged. For ``alpha = 1.5`` each pass also forms the exact root of the
+   quadratic on its support (the formula of :func:`~attnzoo.attention.entmax.entmax15`);
+   the next pass counts the entries above it, and where they are exactly that support
+   the root is certified as the threshold. The passes stop when every row of the block
+   is certified.
+3. **Output pass**: ``out = sum_j p_ij v_j / sum_j p_ij`` (the division makes a threshold a
+   few ulps short of the root still give weights that sum to one), recording which key
+   tiles hold any non-zero weight: the backward visits only those, which is the block
+   sparsity of AdaSplash (Goncalves et al. 2025).
 
-The number of Newton passes is fixed per call (no host synchronisation):
+Tiles wholly inside the keys and below the causal diagonal skip the mask arithmetic.
+
+The number of Newton passes is capped per call (no host synchronisation):
 ``ceil(log2(n_k) / 2) + 3`` (``+ 1`` for a float ``alpha < 2``). Measured on rows of
 ``q . k / sqrt(d)`` with Gaussian ``q, k`` times 0.1 to 10, ``n_k`` from 50 to 8192, the
 iterates reach the float64 result to 2e-6 in at most 4 (50), 7 (512), 8 (4096) and 10
 (8192) passes for sparsemax, the slowest case (a near-uniform row, whose support shrinks
 by a roughly constant fraction per Michelot step), and in at most 6 for ``alpha <= 1.5``;
-the count above covers each of them. ``n_iter`` overrides it.
+the cap covers each of them, and sparsemax and 1.5-entmax blocks usually stop earlier.
+A general ``alpha`` runs all of them. ``n_iter`` overrides the cap.
 
 The backward (a custom autograd Function) reuses the saved per-row ``m``, ``tau`` and
 ``1 / sum(p)`` and the list of surviving tiles: with ``s = [z - m - tau]_+ ** (r - 1)``
@@ -162,24 +165,94 @@ def _load_tile(base, offs_n, offs_d, n_k, HEAD_DIM: tl.constexpr):
 
 @triton.jit
 def _score_tile(
-    q,
-    kt,
-    kpm_row,
-    offs_m,
-    offs_n,
-    coef,
-    n_q,
-    n_k,
-    CAUSAL: tl.constexpr,
-    HAS_KPM: tl.constexpr,
-    PRECISION: tl.constexpr,
+    q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr
 ):
-    """``(z, ok)``: the query block's scores times ``alpha - 1`` against the key tile ``kt``
-    ``(HEAD_DIM, BLOCK_N)``, both ``(BLOCK_M, BLOCK_N)``, and where they are allowed."""
-    z = tl.dot(q, kt, input_precision=PRECISION) * coef
+    """``(BLOCK_M, BLOCK_N)`` scores times ``alpha - 1`` of the query block ``q`` against the
+    keys ``offs_n`` (keys past ``n_k`` score 0: mask them with :func:`_masked`)."""
+    kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
+    return tl.dot(q, kt, input_precision=PRECISION) * coef
+
+
+@triton.jit
+def _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr):
+    """The score tile ``z`` ``(BLOCK_M, BLOCK_N)`` with ``-inf`` where query ``offs_m`` may not
+    attend key ``offs_n``.
+
+    Only the tiles on the causal diagonal, at the ragged end of the keys or under a padding
+    mask need it: the leading tiles of a block (:func:`_unmasked_tiles`) skip the index
+    arithmetic on every entry (their query rows past ``n_q`` are zeros, and are given
+    infinite thresholds or zero output gradients instead).
+    """
     keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
     ok = _allowed(offs_m[:, None], offs_n[None, :], keep[None, :], n_q, n_k, CAUSAL)
-    return z, ok
+    return tl.where(ok, z, float("-inf"))
+
+
+@triton.jit
+def _unmasked_tiles(
+    first_row, n_q, n_k, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """How many leading key tiles a query block starting at ``first_row`` sees whole: inside
+    the keys, no padding mask, and (causal) below the diagonal for its first row."""
+    n_full = n_k // BLOCK_N
+    if CAUSAL:
+        n_full = tl.minimum(n_full, tl.maximum(first_row + n_k - n_q + 1, 0) // BLOCK_N)
+    if HAS_KPM:
+        n_full = 0
+    return n_full
+
+
+@triton.jit
+def _threshold_sums(z, c, c_root, r, KIND: tl.constexpr):
+    """Row sums of one score tile at the thresholds ``c`` ``(BLOCK_M,)``.
+
+    With ``u = [z - c]_+``: ``(sum u ** r, sum u ** (r - 1), sum u, #{u > 0}, #{z > c_root})``.
+    Only the sums a kind needs are computed (1.5-entmax: ``u ** (r - 1) = u``; sparsemax:
+    ``u ** r = u`` and ``u ** (r - 1)`` is the support indicator); the last one, the support
+    size at the previous pass's candidate root, only for 1.5-entmax.
+    """
+    u = tl.maximum(z - c[:, None], 0.0)
+    size = _sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+    sum_u = _sum(u, axis=1)
+    if KIND == 2:
+        sum_w = sum_u
+        sum_s = size
+    elif KIND == 1:
+        sum_w = _sum(u * u, axis=1)
+        sum_s = sum_u
+    else:
+        w, s = _powers(u, r, KIND)
+        sum_w = _sum(w, axis=1)
+        sum_s = _sum(s, axis=1)
+    if KIND == 1:  # noqa: SIM108 (a constexpr if: Triton resolves it when compiling)
+        above = _sum(tl.where(z > c_root[:, None], 1.0, 0.0), axis=1)
+    else:
+        above = size
+    return sum_w, sum_s, sum_u, size, above
+
+
+@triton.jit
+def _output_tile(z, c, vt, acc, acc_s, norm_sum, den, r, KIND, NEED_S, PRECISION):
+    """Add one key tile's weights ``[z - c]_+ ** r`` times its values ``vt`` to the output
+    accumulators; also returns the tile's row sums of the weights."""
+    u = tl.maximum(z - c[:, None], 0.0)
+    w, s = _powers(u, r, KIND)
+    acc += tl.dot(w.to(vt.dtype), vt, input_precision=PRECISION)
+    tile_w = _sum(w, axis=1)
+    norm_sum += tile_w
+    if NEED_S:
+        acc_s += tl.dot(s.to(vt.dtype), vt, input_precision=PRECISION)
+        den += _sum(s, axis=1)
+    return acc, acc_s, norm_sum, den, tile_w
+
+
+@triton.jit
+def _load_rows(base, offs_n, offs_d, n_k, HEAD_DIM: tl.constexpr):
+    """Rows ``offs_n`` of a ``(n_k, HEAD_DIM)`` matrix, ``(BLOCK_N, HEAD_DIM)``, zeros past
+    ``n_k``."""
+    return tl.load(
+        base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_n[:, None] < n_k, other=0.0
+    )
 
 
 @triton.jit
@@ -224,40 +297,46 @@ def _entmax_fwd(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     arange_n = tl.arange(0, BLOCK_N)
+    row_valid = offs_m < n_q
     q_base = Q + bh64 * n_q * HEAD_DIM
     k_base = K + bh64 * n_k * HEAD_DIM
     v_base = V + bh64 * n_k * HEAD_DIM
     kpm_row = KPM + (bh // heads).to(tl.int64) * n_k
-    tiles = TILES + (bh64 * m_blocks + pid_m) * n_tiles
     q = tl.load(
         q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
         mask=offs_m[:, None] < n_q,
         other=0.0,
     )
 
-    # Key tiles a causal query block can see at all.
+    # Key tiles a causal query block can see at all, and the leading ones that need no
+    # mask: wholly inside the keys, no padding mask, and (causal) below the diagonal for
+    # the block's first row.
     hi = n_k
     if CAUSAL:
         hi = tl.minimum(tl.maximum((pid_m + 1) * BLOCK_M + n_k - n_q, 0), n_k)
+    n_full = _unmasked_tiles(pid_m * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N)
     reach = (hi + BLOCK_N - 1) // BLOCK_N
+    n_full = tl.minimum(n_full, reach)
 
-    # Pass A: row max, and sum and count of the allowed z for the Jensen bound; the list
-    # of tiles with any allowed key.
+    # Pass A: row max, and sum and count of the allowed z for the Jensen bound.
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)
     total = tl.full([BLOCK_M], 0.0, tl.float32)
     allowed_count = tl.full([BLOCK_M], 0.0, tl.float32)
-    count = reach * 0
-    for tile in range(0, reach):
-        offs_n = tile * BLOCK_N + arange_n
-        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
-        z, ok = _score_tile(
-            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
+    for tile in range(0, n_full):
+        z = _score_tile(
+            q, k_base, tile * BLOCK_N + arange_n, offs_d, coef, n_k, HEAD_DIM, PRECISION
         )
-        top = tl.maximum(top, _max(tl.where(ok, z, float("-inf")), axis=1))
+        top = tl.maximum(top, _max(z, axis=1))
+        total += _sum(z, axis=1)
+        allowed_count += BLOCK_N
+    for tile in range(n_full, reach):
+        offs_n = tile * BLOCK_N + arange_n
+        z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
+        z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
+        ok = z > float("-inf")
+        top = tl.maximum(top, _max(z, axis=1))
         total += _sum(tl.where(ok, z, 0.0), axis=1)
         allowed_count += _sum(ok.to(tl.float32), axis=1)
-        tl.store(tiles + count, count * 0 + tile)
-        count += _max(_max(ok.to(tl.int32), axis=1), axis=0)
 
     # Shift each row's max to 0 (rows with no allowed key: 0, their z stays -inf).
     top = tl.where(top == float("-inf"), 0.0, top)
@@ -267,33 +346,43 @@ def _entmax_fwd(
     jensen = mean - _row_pow(allowed_count, -am1)
     tau = tl.where(allowed_count > 0, tl.maximum(jensen, -1.0), -1.0)
 
+    # Newton passes, until n_iter or (sparsemax, 1.5-entmax) every row of the block holds a
+    # certified exact threshold. Rows past n_q and rows with no allowed key are done.
+    done = (offs_m >= n_q) | (allowed_count == 0)
     last_size = tl.full([BLOCK_M], 0.0, tl.float32)
     exact = tau
-    for _ in range(0, n_iter):
+    final = tau
+    root = tau
+    root_ok = offs_m < 0
+    it = n_iter * 0
+    go = it + 1
+    while (it < n_iter) & (go > 0):
+        c = tl.where(row_valid, top + tau, float("inf"))
+        c_root = tl.where(row_valid & root_ok, top + root, float("inf"))
         sum_w = tl.full([BLOCK_M], 0.0, tl.float32)
         sum_s = tl.full([BLOCK_M], 0.0, tl.float32)
         sum_u = tl.full([BLOCK_M], 0.0, tl.float32)
         size = tl.full([BLOCK_M], 0.0, tl.float32)
-        kept = count * 0
-        for t in range(0, count):
-            tile = tl.load(tiles + t)
+        above = tl.full([BLOCK_M], 0.0, tl.float32)
+        for tile in range(0, n_full):
             offs_n = tile * BLOCK_N + arange_n
-            kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
-            z, ok = _score_tile(
-                q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
-            )
-            z = z - top[:, None]
-            u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
-            w, s = _powers(u, r, KIND)
-            on = (u > 0).to(tl.float32)
-            sum_w += _sum(w, axis=1)
-            sum_s += _sum(s, axis=1)
-            sum_u += _sum(u, axis=1)
-            size += _sum(on, axis=1)
-            # Compact the list in place: position `kept` <= t was read already.
-            tl.store(tiles + kept, tile)
-            kept += _max(_max(on, axis=1), axis=0).to(tl.int32)
-        count = kept
+            z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
+            t_w, t_s, t_u, t_size, t_above = _threshold_sums(z, c, c_root, r, KIND)
+            sum_w += t_w
+            sum_s += t_s
+            sum_u += t_u
+            size += t_size
+            above += t_above
+        for tile in range(n_full, reach):
+            offs_n = tile * BLOCK_N + arange_n
+            z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
+            z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
+            t_w, t_s, t_u, t_size, t_above = _threshold_sums(z, c, c_root, r, KIND)
+            sum_w += t_w
+            sum_s += t_s
+            sum_u += t_u
+            size += t_size
+            above += t_above
         # Newton on the r-norm: h = F ** (1/r) - 1, h' = -F ** (1/r - 1) * sum(s).
         norm = _row_pow(sum_w, am1)
         newton = tau + tl.where(
@@ -302,63 +391,69 @@ def _entmax_fwd(
         # Jensen on the entries above tau: another lower bound, free from the same sums.
         jensen = tau + tl.where(size > 0, sum_u / tl.maximum(size, 1.0) - _row_pow(size, -am1), 0.0)
         step = tl.maximum(newton, jensen)
+        if KIND == 2:
+            # Michelot's step from an unchanged support is the fixed point: exact.
+            done = done | ((size == last_size) & (size > 0))
         if KIND == 1:
-            # Exact root of sum_support (u - t) ** 2 = 1 in offsets from tau.
+            # The previous pass's root of sum_S (z - t) ** 2 = 1 over its support S is the
+            # threshold if exactly |S| entries lie above it (those above tau, the lower bound
+            # it was computed from, already number |S|, and it is not below tau).
+            certified = root_ok & (above == last_size) & (done == 0)
+            final = tl.where(certified, root, final)
+            done = done | certified
+            # This pass's root on its support, in offsets from tau.
             mu = sum_u / tl.maximum(size, 1.0)
             gap = (1.0 - (sum_w - size * mu * mu)) / tl.maximum(size, 1.0)
             root = tau + mu - tl.sqrt(tl.maximum(gap, 0.0))
+            root_ok = (size > 0) & (gap >= 0) & (root >= tau)
             settled = (size > 0) & (gap >= 0) & (size == last_size) & (root >= step)
             exact = tl.where(settled, root, step)
         last_size = size
         tau = step
+        it += 1
+        if KIND != 0:
+            go = _max(tl.where(done, 0, 1), axis=0)
     if KIND == 1:
-        tau = exact
+        # Certified rows take their certified root; others (n_iter ran out, or rows with
+        # no key) the last pass's exact root where the support had settled.
+        tau = tl.where(done & (allowed_count > 0) & row_valid, final, exact)
 
-    # Output pass over the surviving tiles.
+    # Output pass, recording the key tiles that hold any non-zero weight: the backward
+    # visits only those.
+    c = tl.where(row_valid, top + tau, float("inf"))
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     acc_s = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     norm_sum = tl.full([BLOCK_M], 0.0, tl.float32)
     den = tl.full([BLOCK_M], 0.0, tl.float32)
+    tiles = TILES + (bh64 * m_blocks + pid_m) * n_tiles
     flags = FLAGS + (bh64 * m_blocks + pid_m) * n_tiles
-    kept = count * 0
-    for t in range(0, count):
-        tile = tl.load(tiles + t)
+    kept = reach * 0
+    for tile in range(0, reach):
         offs_n = tile * BLOCK_N + arange_n
-        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
-        vt = tl.load(
-            v_base + offs_n[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=offs_n[:, None] < n_k,
-            other=0.0,
+        z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
+        if tile >= n_full:
+            z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
+        vt = _load_rows(v_base, offs_n, offs_d, n_k, HEAD_DIM)
+        acc, acc_s, norm_sum, den, tile_w = _output_tile(
+            z, c, vt, acc, acc_s, norm_sum, den, r, KIND, NEED_S, PRECISION
         )
-        z, ok = _score_tile(
-            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
-        )
-        z = z - top[:, None]
-        u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
-        w, s = _powers(u, r, KIND)
-        acc += tl.dot(w.to(vt.dtype), vt, input_precision=PRECISION)
-        norm_sum += _sum(w, axis=1)
-        if NEED_S:
-            acc_s += tl.dot(s.to(vt.dtype), vt, input_precision=PRECISION)
-            den += _sum(s, axis=1)
-        active = _max(_max((u > 0).to(tl.int32), axis=1), axis=0)
+        active = (_max(tile_w, axis=0) > 0).to(tl.int32)
         tl.store(tiles + kept, tile)
         tl.store(flags + tile, active.to(tl.int8))
         kept += active
     tl.store(COUNTS + bh64 * m_blocks + pid_m, kept)
 
     inv_z = tl.where(norm_sum > 0, 1.0 / tl.maximum(norm_sum, 1.1754943508222875e-38), 0.0)
-    row_mask = offs_m < n_q
     rows = bh64 * n_q + offs_m
     out_ptrs = OUT + rows[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(out_ptrs, (acc * inv_z[:, None]).to(OUT.dtype.element_ty), mask=row_mask[:, None])
-    tl.store(ROW_M + rows, top, mask=row_mask)
-    tl.store(ROW_TAU + rows, tau, mask=row_mask)
-    tl.store(ROW_INVZ + rows, inv_z, mask=row_mask)
+    tl.store(out_ptrs, (acc * inv_z[:, None]).to(OUT.dtype.element_ty), mask=row_valid[:, None])
+    tl.store(ROW_M + rows, top, mask=row_valid)
+    tl.store(ROW_TAU + rows, tau, mask=row_valid)
+    tl.store(ROW_INVZ + rows, inv_z, mask=row_valid)
     if NEED_S:
         s_ptrs = OUT_S + rows[:, None] * HEAD_DIM + offs_d[None, :]
-        tl.store(s_ptrs, acc_s, mask=row_mask[:, None])
-        tl.store(ROW_DEN + rows, den, mask=row_mask)
+        tl.store(s_ptrs, acc_s, mask=row_valid[:, None])
+        tl.store(ROW_DEN + rows, den, mask=row_valid)
 
 
 @triton.jit
@@ -411,21 +506,23 @@ def _entmax_bwd_dq(
     top = tl.load(ROW_M + rows, mask=row_mask, other=0.0)
     tau = tl.load(ROW_TAU + rows, mask=row_mask, other=0.0)
     delta = tl.load(ROW_DELTA + rows, mask=row_mask, other=0.0)
+    # The thresholds exactly as the forward pass formed them, so the supports agree.
+    c = top + tau
+    n_full = _unmasked_tiles(pid_m * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N)
     dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     for t in range(0, count):
         tile = tl.load(tiles + t)
         offs_n = tile * BLOCK_N + arange_n
-        kt = _load_tile(k_base, offs_n, offs_d, n_k, HEAD_DIM)
-        vt = _load_tile(v_base, offs_n, offs_d, n_k, HEAD_DIM)
-        z, ok = _score_tile(
-            q, kt, kpm_row, offs_m, offs_n, coef, n_q, n_k, CAUSAL, HAS_KPM, PRECISION
-        )
-        z = z - top[:, None]
-        u = tl.maximum(tl.where(ok, z, float("-inf")) - tau[:, None], 0.0)
+        z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
+        if tile >= n_full:
+            z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
+        u = tl.maximum(z - c[:, None], 0.0)
         _, s = _powers(u, r, KIND)
+        vt = _load_tile(v_base, offs_n, offs_d, n_k, HEAD_DIM)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         ds = s * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+        k = _load_rows(k_base, offs_n, offs_d, n_k, HEAD_DIM)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     dq = dq * scale
     tl.store(
         DQ + rows[:, None] * HEAD_DIM + offs_d[None, :],
@@ -504,9 +601,11 @@ def _entmax_bwd_dkdv(
         inv_z = tl.load(ROW_INVZ + rows, mask=row_mask, other=0.0)
         delta = tl.load(ROW_DELTA + rows, mask=row_mask, other=0.0)
         # Transposed tile: keys along axis 0, queries along axis 1.
-        zt = tl.dot(k, qt, input_precision=PRECISION) * coef - top[None, :]
-        ok = _allowed(offs_m[None, :], offs_n[:, None], keep[:, None], n_q, n_k, CAUSAL)
-        ut = tl.maximum(tl.where(ok, zt, float("-inf")) - tau[None, :], 0.0)
+        zt = tl.dot(k, qt, input_precision=PRECISION) * coef
+        if pid_n >= _unmasked_tiles(block * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N):
+            ok = _allowed(offs_m[None, :], offs_n[:, None], keep[:, None], n_q, n_k, CAUSAL)
+            zt = tl.where(ok, zt, float("-inf"))
+        ut = tl.maximum(zt - (top + tau)[None, :], 0.0)
         wt, st = _powers(ut, r, KIND)
         pt = wt * inv_z[None, :]
         dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)

@@ -127,6 +127,25 @@ def test_several_tiles_per_axis_with_ragged_edges() -> None:
     _compare(ours, reference, (q, k, v))
 
 
+@pytest.mark.parametrize("name", list(MAPS))
+@pytest.mark.parametrize(
+    ("n_q", "n_k", "causal"), [(37, 50, False), (37, 50, True), (50, 37, True)]
+)
+def test_tiles_with_and_without_masks(name: str, n_q: int, n_k: int, causal: bool) -> None:
+    # 16 x 16 tiles without padding: the leading key tiles of a block are taken without a
+    # mask, the diagonal and ragged ones with it; causal with n_q > n_k leaves the first
+    # rows with no key at all.
+    normalizer, alpha, kernel_alpha = MAPS[name]
+    q, k, v = _inputs(2, 2, n_q, n_k, 16, seed=5)
+    ours = kernels.triton_entmax_attention(
+        q, k, v, alpha=kernel_alpha, causal=causal, block_m=16, block_n=16
+    )
+    reference = blockwise_attention(
+        q, k, v, normalizer=normalizer, alpha=alpha, causal=causal, backend="torch"
+    )
+    _compare(ours, reference, (q, k, v))
+
+
 def test_one_alpha_per_head() -> None:
     q, k, v = _inputs(1, 3, 20, 33, 16, seed=4)
     alpha = torch.tensor([1.2, 1.5, 2.0], device=DEVICE)
@@ -212,6 +231,17 @@ def test_more_newton_passes_change_nothing() -> None:
     more = kernels.triton_entmax_attention(q, k, v, alpha=2.0, n_iter=20)
     torch.testing.assert_close(default, more, atol=1e-6, rtol=0)
     assert kernels.default_newton_steps(50, 2.0) < 20
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_early_exit_matches_float64(alpha: float) -> None:
+    # The passes stop once every row of a block holds a certified exact threshold; the
+    # result must still be the exact map (here against float64 on 300 keys).
+    q, k, v = (x.detach() for x in _inputs(1, 2, 20, 300, 32, seed=11))
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=alpha, n_iter=40)
+    name = "sparsemax" if alpha == 2.0 else "entmax15"
+    exact = blockwise_attention(q.double(), k.double(), v.double(), normalizer=name)
+    torch.testing.assert_close(ours.double(), exact, atol=2e-6, rtol=0)
 
 
 def test_importing_attnzoo_does_not_import_triton() -> None:
