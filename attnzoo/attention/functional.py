@@ -167,7 +167,9 @@ def _merge_causal(
     mask: Tensor | None, causal: bool, n_q: int, n_k: int, device: torch.device
 ) -> Tensor | None:
     """AND the user's mask with the bottom-right causal mask (if ``causal``)."""
-    if not causal:
+    # A single query is the last position: bottom-right alignment lets it see every key,
+    # so one decoding step needs no causal mask (and builds none, in every layer).
+    if not causal or n_q == 1:
         return mask
     tri = causal_mask(n_q, n_k, device)
     return tri if mask is None else mask & tri
@@ -196,15 +198,24 @@ def _sdpa(
     mask = _merge_causal(mask, causal, n_q, n_k, q.device)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, scale=scale)
-    # Depending on the backend, a row with no allowed key may come out of SDPA as NaN, and
-    # its backward as NaN too. Let such rows attend everywhere (finite, harmless numbers),
-    # then zero them: the result and the gradient through it are exactly zero. This is a
-    # reduction over the mask's own (usually broadcast, small) shape, with no host sync.
+    # Depending on the backend (and the PyTorch version), a row with no allowed key may
+    # come out of SDPA as NaN. ``has_key`` is a reduction over the mask's own (usually
+    # broadcast, small) shape, with no host sync; it broadcasts over the output's features.
     has_key = mask.any(dim=-1, keepdim=True)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask | ~has_key, dropout_p=p_drop, scale=scale
-    )
-    return out.masked_fill(~has_key, 0.0)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # The backward of a NaN row is NaN too: let such rows attend everywhere (finite,
+        # harmless numbers), then zero them out of place (SDPA keeps its output for the
+        # backward), so the result and the gradient through it are exactly zero.
+        no_key = ~has_key
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask | no_key, dropout_p=p_drop, scale=scale
+        )
+        return out.masked_fill(no_key, 0.0)
+    # No graph: whatever SDPA wrote in such a row is overwritten in place, with no second
+    # output-sized tensor. (A 0-dim CPU zero as ``where``'s operand would be copied to the
+    # device from pageable memory: a sync on CUDA.)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale)
+    return out.masked_fill_(~has_key, 0.0)
 
 
 def _sdpa_with_bias(

@@ -20,10 +20,12 @@ this key map (per layer, ``encoder.layer.{i}.`` prefix dropped)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .entmax import MIN_ALPHA, EntmaxAlpha
@@ -95,8 +97,10 @@ class AttentionProjections(nn.Module):
         xavier_init_(self.query, self.key, self.value, self.out)
 
     def _split_heads(self, x: Tensor) -> Tensor:
-        """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)``."""
-        return rearrange(x, "b n (h d) -> b h n d", h=self.heads)
+        """``(batch, n, heads * dim_head)`` -> ``(batch, heads, n, dim_head)`` (a view)."""
+        # Plain view ops: this runs several times per layer and decoding step, where the
+        # Python cost of a pattern parser shows.
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def _project_out(
         self, result: Tensor | tuple[Tensor, Tensor]
@@ -104,7 +108,7 @@ class AttentionProjections(nn.Module):
         """An attention result ``(batch, heads, n, dim_head)`` (or ``(out, weights)``) with
         its heads merged and projected by ``out``: ``(batch, n, dim)`` (or ``(out, weights)``)."""
         out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(rearrange(out, "b h n d -> b n (h d)"))
+        out = self.out(out.transpose(1, 2).flatten(2))
         return (out, weights) if weights is not None else out
 
 
@@ -136,7 +140,9 @@ class MultiHeadAttention(AttentionProjections):
     (kv_dim -> heads * dim_head), ``out`` (heads * dim_head -> dim), named as in Hugging Face
     BERT (see the module docstring for the key map). Initialisation: Xavier-uniform weights
     and zero biases, as :class:`torch.nn.MultiheadAttention` does for separate projections;
-    pretrained checkpoints overwrite both.
+    pretrained checkpoints overwrite both. At inference (autograd off) self-attention runs
+    its three input projections as one matrix product over weights that share one storage
+    block (:func:`project_jointly`); names, shapes and ``state_dict`` stay as they are.
     """
 
     def __init__(
@@ -207,10 +213,11 @@ class MultiHeadAttention(AttentionProjections):
                 "only (queries and keys of different sequences have no relative position)"
             )
         offset = len(cache) if cache is not None else 0
-        q = self._split_heads(self.query(x))
-        if self.rotary is not None:
-            q = self.rotary(q, offset)
-        k, v = self._keys_values(x, context, cache, offset)
+        if context is None:
+            q, k, v = self._self_attention_inputs(x, cache, offset)
+        else:  # no rotary embedding here: positions were refused for cross-attention above
+            q = self._split_heads(self.query(x))
+            k, v = self._keys_values(x, context, cache, offset)
         n_q, n_k = q.shape[-2], k.shape[-2]
         result = attend(
             q,
@@ -227,6 +234,32 @@ class MultiHeadAttention(AttentionProjections):
         )
         return self._project_out(result)
 
+    def _self_attention_inputs(
+        self, x: Tensor, cache: KVCache | None, offset: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention queries ``(batch, heads, n, dim_head)`` and keys and values
+        ``(batch, heads, n_k, dim_head)`` of ``x`` ``(batch, n, dim)``, through the cache if any.
+
+        The three projections run as one matrix product at inference
+        (:func:`project_jointly`). Queries and keys are rotated (``position="rotary"``) as
+        positions ``offset ..``, keys before they are cached.
+        """
+        self._check_self_attention()
+        projected = project_jointly(x, (self.query, self.key, self.value))
+        q, k, v = (self._split_heads(part) for part in projected)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return q, k, v
+
+    def _check_self_attention(self) -> None:
+        if self.kv_dim != self.dim:
+            raise ValueError(
+                f"`context` of width kv_dim={self.kv_dim} is required: self-attention "
+                f"needs kv_dim == dim ({self.dim})"
+            )
+
     def _keys_values(
         self, x: Tensor, context: Tensor | None, cache: KVCache | None, offset: int = 0
     ) -> tuple[Tensor, Tensor]:
@@ -236,11 +269,7 @@ class MultiHeadAttention(AttentionProjections):
         positions ``offset ..``.
         """
         if context is None:
-            if self.kv_dim != self.dim:
-                raise ValueError(
-                    f"`context` of width kv_dim={self.kv_dim} is required: self-attention "
-                    f"needs kv_dim == dim ({self.dim})"
-                )
+            self._check_self_attention()
             k, v = self._split_heads(self.key(x)), self._split_heads(self.value(x))
             if self.rotary is not None:
                 k = self.rotary(k, offset)
@@ -294,6 +323,122 @@ def resolve_dim_head(dim: int, heads: int, dim_head: int | None) -> int:
     return check_int(dim_head, "dim_head")
 
 
+def project_jointly(x: Tensor, linears: Sequence[nn.Module]) -> list[Tensor]:
+    """``[linear(x) for linear in linears]``, computed as one matrix product at inference.
+
+    A self-attention layer projects the same input three times (queries, keys, values);
+    while decoding one token at a time each product is tiny and its launch cost, not its
+    arithmetic, is what counts, so one product over the stacked weights is faster (as in
+    GPT-2's ``c_attn``). The modules and their parameters stay as they are: on the first
+    call that may fuse, the weights (and biases) are moved, values unchanged, into one
+    contiguous block that the parameters are views of (``param.data`` re-pointed; the same
+    ``Parameter`` objects, state-dict keys and shapes, no memory held beside them); later
+    calls read the block through the parameters. Anything that separates the parameters
+    again (``.to()``, ``load_state_dict(..., assign=True)``, a new module) is seen by
+    comparing storage addresses, and the block is rebuilt at the next fusing call.
+
+    The joint product is used only when it cannot change what the caller observes: autograd
+    off (``torch.no_grad()`` or inference mode), not compiling or tracing, every module a
+    plain :class:`torch.nn.Linear` with the same input width, all with or all without
+    bias, distinct plain ``Parameter`` weights of one dtype and device, and no forward
+    hooks on any of them (nor global module hooks). Otherwise each module is called.
+
+    Args:
+        x: ``(..., in_features)``.
+        linears: the modules to apply to ``x``.
+
+    Returns:
+        one tensor ``(..., out_features_i)`` per module, in order (views of one joint
+        output when fused).
+    """
+    if not _may_fuse(linears):
+        return [linear(x) for linear in linears]
+    plain = [cast(nn.Linear, linear) for linear in linears]  # _may_fuse checked the types
+    weights = [linear.weight for linear in plain]
+    biases = [linear.bias for linear in plain if linear.bias is not None]  # all or none
+    out = F.linear(x, _joint(weights), _joint(biases) if biases else None)
+    return list(out.split([w.shape[0] for w in weights], dim=-1))
+
+
+def _may_fuse(linears: Sequence[nn.Module]) -> bool:
+    """Whether :func:`project_jointly` may replace the calls of ``linears`` by one product."""
+    if (
+        len(linears) < 2
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or _global_module_hooks()
+    ):
+        return False
+    first = linears[0]
+    if type(first) is not nn.Linear or first.weight.device.type == "meta":
+        return False
+    seen: set[int] = set()
+    for linear in linears:
+        if (
+            type(linear) is not nn.Linear
+            or linear._forward_hooks
+            or linear._forward_pre_hooks
+            or linear.in_features != first.in_features
+            or (linear.bias is None) != (first.bias is None)
+        ):
+            return False
+        for param in (linear.weight, linear.bias):
+            if param is None:
+                continue
+            if type(param) is not nn.Parameter or id(param) in seen:
+                return False
+            if param.dtype != first.weight.dtype or param.device != first.weight.device:
+                return False
+            seen.add(id(param))
+    return True
+
+
+def _global_module_hooks() -> bool:
+    """Whether hooks registered for every module (``register_module_forward_hook``...) exist."""
+    hooks = nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
+
+
+def _joint(params: Sequence[Tensor]) -> Tensor:
+    """The rows of ``params`` as one tensor whose storage they share, packing them first
+    if they do not lie back to back in one storage yet."""
+    joint = _stacked_rows(params)
+    return joint if joint is not None else _pack(params)
+
+
+def _stacked_rows(tensors: Sequence[Tensor]) -> Tensor | None:
+    """The tensor whose rows are those of ``tensors`` in order, as a view of their shared
+    storage, if they lie that way (contiguous, back to back, in one storage); else None."""
+    first = tensors[0]
+    storage = first.untyped_storage().data_ptr()
+    end = first.data_ptr()
+    rows = 0
+    for t in tensors:
+        if (
+            t.shape[1:] != first.shape[1:]
+            or not t.is_contiguous()
+            or t.untyped_storage().data_ptr() != storage
+            or t.data_ptr() != end
+        ):
+            return None
+        end += t.numel() * t.element_size()
+        rows += t.shape[0]
+    return first.as_strided((rows, *first.shape[1:]), first.stride())
+
+
+def _pack(params: Sequence[Tensor]) -> Tensor:
+    """Copy ``params`` into one new contiguous block, make each a view of its rows, and
+    return the block."""
+    # Outside inference mode, so that the block is an ordinary tensor that training can
+    # use later; without autograd, since only storage moves.
+    with torch.inference_mode(False), torch.no_grad():
+        block = torch.cat([p.detach() for p in params])
+        for param, rows in zip(params, block.split([p.shape[0] for p in params]), strict=True):
+            param.data = rows
+    return block
+
+
 def xavier_init_(*linears: nn.Linear) -> None:
     """Xavier-uniform weights and zero biases, as ``torch.nn.MultiheadAttention`` does."""
     for linear in linears:
@@ -320,4 +465,4 @@ def _check_normalizer(normalizer: str | Normalizer, learn_alpha: bool, alpha: fl
     get_normalizer("entmax", alpha=alpha)  # a fixed alpha must be a finite float > 1
 
 
-__all__ = ["KVCache", "MultiHeadAttention"]
+__all__ = ["KVCache", "MultiHeadAttention", "project_jointly"]

@@ -733,6 +733,9 @@ class GenerationStart:
         start: the token fed to the first call of ``step``; None for a model that starts
             from its prompt and ignores it.
         history_mask: ``(batch, n)`` bool, True = a real token of ``history`` (default all).
+        vocab_size: the model's vocabulary size, for a model whose step feeds the padding
+            id back (after a row's EOS) without checking it: generate then checks once
+            that the padding id is below it. None: no such check.
     """
 
     step: StepFn
@@ -743,6 +746,7 @@ class GenerationStart:
     pad: int | None
     start: int | None = None
     history_mask: Tensor | None = None
+    vocab_size: int | None = None
 
 
 def resolve_special_tokens(
@@ -868,6 +872,11 @@ class GenerationMixin(abc.ABC):
         )
         begin = self._begin_generation(input_ids, attention_mask, options, **model_inputs)
         eos, pad = resolve_special_tokens(eos_token_id, pad_token_id, begin.eos, begin.pad)
+        if begin.vocab_size is not None and eos is not None and pad >= begin.vocab_size:
+            raise ValueError(
+                f"`pad_token_id` must be < the vocabulary size ({begin.vocab_size}): a row "
+                f"that ends early is fed it, got {pad}"
+            )
         new = generate_tokens(
             begin.step,
             begin.state,

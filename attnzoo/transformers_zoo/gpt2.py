@@ -421,6 +421,7 @@ class GPT2Model(PretrainedMixin, nn.Module):
         use_cache: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        check_ids: bool = True,
     ) -> GPT2Output:
         """Run GPT-2 over ``input_ids`` ``(batch, n)``.
 
@@ -437,6 +438,11 @@ class GPT2Model(PretrainedMixin, nn.Module):
             use_cache: return caches (new ones when ``past_key_values`` is None).
             output_attentions: return every layer's attention weights.
             output_hidden_states: return the embeddings and every layer's output.
+            check_ids: check that every token id and position is in range. The check
+                reads the ids back to the host, on a GPU a sync that stalls the kernel
+                queue; ``generate`` turns it off for the tokens it made itself (drawn from
+                the vocabulary, positions checked once per call). With False the
+                embeddings are looked up directly (their modules' hooks do not run).
 
         Returns:
             :class:`GPT2Output`.
@@ -456,7 +462,12 @@ class GPT2Model(PretrainedMixin, nn.Module):
                     f"`position_ids` must have shape ({batch}, {n}) or (1, {n}), "
                     f"got {tuple(position_ids.shape)}"
                 )
-        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        if check_ids:
+            x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        else:
+            x = nn.Embedding.forward(self.word_embeddings, input_ids) + nn.Embedding.forward(
+                self.position_embeddings, position_ids
+            )
         if token_type_ids is not None:
             if token_type_ids.shape != input_ids.shape:
                 raise ValueError(
@@ -606,7 +617,11 @@ class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
             mask = torch.ones_like(input_ids, dtype=torch.bool)
         else:
             mask = hf_attention_mask(attention_mask, (batch, n)).to(input_ids.device)
-        if not bool(mask[:, -1].all()):
+        # One read-back for the whole call: are the prompts left-padded, and padded at all?
+        # Without padding every step runs with no mask (the causal one aside), so no layer
+        # spends kernels on mask handling.
+        left_padded, unpadded = torch.stack([mask[:, -1].all(), mask.all()]).tolist()
+        if not left_padded:
             raise ValueError(
                 "`attention_mask`: generate needs LEFT-padded prompts (every row's last "
                 "position a real token)"
@@ -614,7 +629,7 @@ class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
         state = {
             "cache": self.new_cache(),
             "tokens": input_ids,
-            "mask": mask,
+            "mask": None if unpadded else mask,
             "positions": position_ids_from_attention_mask(mask),
         }
         return GenerationStart(
@@ -625,27 +640,36 @@ class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
             prefix=input_ids,
             eos=self.config.eos_token_id,
             pad=self.config.pad_token_id,
+            vocab_size=self.config.vocab_size,
         )
 
     def _step(self, prev_tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict]:
         """One forward: the whole prompt first (empty cache), then the previous token.
 
         Returns the last position's logits ``(N, vocab)`` and the updated state (the cache
-        is extended in place; mask and positions are new tensors).
+        is extended in place; mask and positions are new tensors). The prompt's ids are
+        checked; the generated tokens' are not (``check_ids=False``: no host sync per
+        token), as ``generate`` vouches for them: drawn from the vocabulary or the padding
+        id it checked, at positions below ``n_positions`` (checked for the whole call).
         """
         cache = state["cache"]
-        if _cache_length(cache) == 0:
+        prompt = _cache_length(cache) == 0
+        if prompt:
             ids, positions = state["tokens"], state["positions"]
         else:
             ids = prev_tokens[:, None]
             positions = state["positions"][:, -1:] + 1
             state = {
                 "cache": cache,
-                "mask": F.pad(state["mask"], (0, 1), value=True),
+                "mask": None if state["mask"] is None else F.pad(state["mask"], (0, 1), value=True),
                 "positions": positions,
             }
         out = self.transformer(
-            ids, attention_mask=state["mask"], position_ids=positions, past_key_values=cache
+            ids,
+            attention_mask=state["mask"],
+            position_ids=positions,
+            past_key_values=cache,
+            check_ids=prompt,
         )
         # Only the last position's logits are needed: the vocabulary projection, the
         # largest matrix of the model, runs on one row per sequence, also for the prompt.

@@ -362,3 +362,43 @@ def test_input_errors(pair):
         ours(torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 2))
     with pytest.raises(ValueError, match="LEFT-padded"):
         ours.generate(torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 0]]))
+
+
+def test_generate_refuses_a_padding_id_outside_the_vocabulary(pair):
+    # A row that ends early is fed the padding id, and generated tokens skip the id check.
+    _, ours, _ = pair
+    prompt = torch.tensor([[1, 2]])
+    with pytest.raises(ValueError, match="pad_token_id"):
+        ours.generate(prompt, max_new_tokens=2, pad_token_id=VOCAB)
+    assert ours.generate(prompt, max_new_tokens=2, pad_token_id=VOCAB - 1).shape[1] <= 4
+
+
+def test_unchecked_ids_give_the_checked_result(pair):
+    _, ours, _ = pair
+    ids, mask = padded_batch(left=True)
+    positions = position_ids_from_attention_mask(mask)
+    model = ours.transformer
+    with torch.no_grad():
+        checked = model(ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        unchecked = model(ids, attention_mask=mask, position_ids=positions, check_ids=False)
+    assert torch.equal(checked, unchecked.last_hidden_state)
+    with pytest.raises(ValueError, match="position_ids"):
+        model(ids, position_ids=positions + 64)
+
+
+def test_unpadded_generate_runs_without_a_mask_and_matches_an_all_ones_mask(pair):
+    _, ours, _ = pair
+    torch.manual_seed(3)
+    prompt = torch.randint(6, VOCAB, (2, 5))
+    seen = []
+    handle = ours.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    try:
+        plain = ours.generate(prompt, max_new_tokens=6, pad_token_id=0)
+    finally:
+        handle.remove()
+    assert seen and all(mask is None for mask in seen)
+    ones = torch.ones_like(prompt)
+    masked = ours.generate(prompt, attention_mask=ones, max_new_tokens=6, pad_token_id=0)
+    assert torch.equal(plain, masked)
