@@ -53,7 +53,15 @@ from .hard import (
     categorical_entropy,
     reinforce_loss,
 )
-from .lsh import LSHAttention, lsh_allowed_mask, lsh_attention, lsh_buckets, random_rotations
+from .lsh import (
+    LSHAttention,
+    LSHCache,
+    lsh_allowed_mask,
+    lsh_attention,
+    lsh_buckets,
+    lsh_cached_attention,
+    random_rotations,
+)
 from .multi_head import AttentionProjections, KVCache, MultiHeadAttention
 from .normalizers import (
     Normalizer,
@@ -123,6 +131,7 @@ __all__ = [
     "HardAttentionOutput",
     "KVCache",
     "LSHAttention",
+    "LSHCache",
     "LocalAttention",
     "LocalWindow",
     "LuongAttention",
@@ -161,6 +170,7 @@ __all__ = [
     "lsh_allowed_mask",
     "lsh_attention",
     "lsh_buckets",
+    "lsh_cached_attention",
     "make_score",
     "masked_normalize",
     "memory_usage",

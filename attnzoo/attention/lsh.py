@@ -30,18 +30,39 @@ Randomness: without ``rotations`` the random matrices are drawn at every call (f
 ``generator``, else the global RNG), as the Reformer does; pass ``rotations`` (see
 :func:`random_rotations`) or give :class:`LSHAttention` a ``seed`` for fixed hashing.
 Only softmax is supported: combining rounds needs the log-sum-exp of the scores.
+
+**Decoding with a cache** (causal only, fixed rotations only). An :class:`LSHCache` keeps
+the keys (the shared vectors normalised), the values and every cached position's bucket in
+every round. A step (:func:`lsh_cached_attention`, or :class:`LSHAttention` called with
+``cache=``) hashes the ``n`` new vectors with the same rotations and appends them; new
+query ``i`` then sees, in round ``r``, every cached or new key ``j <= i``, ``j != i``, that
+is a real token and whose round-``r`` bucket equals its own, *whatever its distance in the
+sorted order*: there is no chunk window. The rounds are combined as in the full pass
+(``log N_ij`` taken off, weights ``softmax_r(lse_r)``), so a step is exactly softmax
+attention over the union of the query's same-bucket causal keys, with the same self rule.
+This key set depends on positions ``j <= i`` only, so decoding token by token, in blocks,
+or a whole prompt through an empty cache all give the same outputs; and it is NOT the
+chunked full pass's: there, a query sees the keys of its own and the previous chunk of the
+order sorted by ``(bucket, position)`` (keys of other buckets too, unless
+``attend_across_buckets=False``), and which keys fall in that window also depends on the
+later positions. The two agree exactly when the full pass is a single chunk
+(``chunk_length >= n``) with ``attend_across_buckets=False``. (Hugging Face's Reformer,
+decoding with ``past_buckets_states``, instead gathers a window of chunks of the
+bucket-sorted cached order around the new query.) A step scores every cached key once
+(``O(n_hashes * n * (n_cached + n))`` work and memory), as dense decoding does.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .multi_head import resolve_dim_head, xavier_init_
+from .multi_head import KVCache, resolve_dim_head, xavier_init_
 from .validation import (
     check_bool_mask,
     check_int,
@@ -221,28 +242,194 @@ def lsh_attention(
     if n_hashes > 1:
         counts = _round_counts(q_pos, k_pos, rank // m, buckets, attend_across_buckets)
         scores = scores - torch.log(counts.to(scores.dtype))
-    # A query with no allowed key gets a finite log-sum-exp (the lowest float) and zero
-    # weights, so neither the output nor the gradient becomes NaN.
-    filled = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    lse = torch.logsumexp(filled, dim=-1, keepdim=True)
-    weights = torch.exp(filled - lse) * allowed
-    weights = F.dropout(weights, p_drop, training=p_drop > 0)
+    weights, lse = _round_softmax(scores, allowed, p_drop)
     out_sorted = torch.matmul(weights, v_chunks).flatten(3, 4)[..., :n, :]  # (b, h, r, n, dv)
     lse_sorted = lse.flatten(3, 5)[..., :n]  # (b, h, r, n)
     seen_sorted = allowed.any(dim=-1).flatten(3, 4)[..., :n]
 
     # Undo the sort: position p sits at slot rank[p] of its round.
     out = out_sorted.gather(-2, rank.unsqueeze(-1).expand(*rank.shape, v.shape[-1]))
-    lse = lse_sorted.gather(-1, rank)
-    round_weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (b, h, r, n, 1)
-    out = (round_weights * out).sum(dim=2)  # (b, h, n, dv)
+    out = _combine_rounds(out, lse_sorted.gather(-1, rank))
+    seen = seen_sorted.gather(-1, rank).any(dim=2)  # (b, h, n)
+    return _self_if_alone(out, v, seen, None if mask is None else mask[:, None, :]).to(dtype)
 
-    # Attend to self only when no round offered another key.
-    alone = ~seen_sorted.gather(-1, rank).any(dim=2)  # (b, h, n)
+
+@dataclass
+class LSHCache(KVCache):
+    """Decoding cache of causal LSH attention: a :class:`KVCache` that also keeps the
+    bucket of every cached position in every hash round.
+
+    ``key`` holds the cached keys (the shared query/key vectors normalised to unit length)
+    and ``value`` the values, ``(batch, heads, n_cached, dim_head)`` each; ``buckets`` is
+    ``(batch, heads, n_hashes, n_cached)`` int64; all None while empty. Batch-first, so beam
+    search can reorder it. It is filled by :func:`lsh_cached_attention` (or
+    :class:`LSHAttention` called with ``cache=``) through :meth:`extend`, which keeps the
+    three aligned; use one cache per module and per sequence batch.
+    """
+
+    buckets: Tensor | None = None
+
+    def extend(self, key: Tensor, value: Tensor, buckets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Add ``(batch, heads, n_new, dim_head)`` keys/values and their buckets
+        ``(batch, heads, n_hashes, n_new)``; return all cached ones."""
+        key, value = self.append(key, value)
+        self.buckets = buckets if self.buckets is None else torch.cat([self.buckets, buckets], -1)
+        return key, value, self.buckets
+
+    def reset(self) -> None:
+        """Empty the cache (start a new sequence)."""
+        super().reset()
+        self.buckets = None
+
+
+def lsh_cached_attention(
+    qk: Tensor,
+    v: Tensor,
+    cache: LSHCache,
+    *,
+    rotations: Tensor | None,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """One decoding step of causal shared-QK LSH attention over an :class:`LSHCache`.
+
+    The ``n`` new positions follow the ``n_cached`` cached ones: they are hashed with
+    ``rotations`` and appended to ``cache`` (in place). New query ``i`` sees, in each round,
+    the cached and new keys ``j <= i``, ``j != i``, that are real tokens and share its bucket
+    in that round (no chunk window: see the module docstring for how this key set differs
+    from the chunked full pass); the rounds are combined with the ``log N_ij`` correction,
+    which makes the result softmax attention over the union of the rounds' key sets. A query
+    that sees no key attends to itself (a padded one gives zeros).
+
+    Args:
+        qk: new shared queries/keys ``(batch, heads, n, d)``.
+        v: new values ``(batch, heads, n, d_v)``.
+        cache: the :class:`LSHCache` of the earlier steps (empty for the first).
+        rotations: the FIXED ``(heads, n_hashes, d, n_buckets // 2)`` projections every step
+            of the sequence uses (required: hashing drawn anew at every step would put the
+            new positions in buckets unrelated to the cached ones).
+        mask: key-padding mask ``(batch, n_cached + n)``, True = real token.
+        scale: score scale, > 0; default ``1 / sqrt(d)``.
+        dropout: attention-weight dropout (on every round's weights), in [0, 1).
+        training: apply dropout only when True.
+
+    Returns:
+        ``(batch, heads, n, d_v)``. The cache is extended only when every argument is valid.
+    """
+    _check_qk_v(qk, v)
+    if not isinstance(cache, LSHCache):
+        raise TypeError(
+            f"`cache` must be an LSHCache (keys, values and buckets), got {type(cache).__name__}"
+        )
+    if rotations is None:
+        raise ValueError(
+            "`rotations` must be the fixed (heads, n_hashes, d, n_buckets // 2) projections "
+            "to decode with a cache (rotations drawn anew at every step would hash the new "
+            "positions unlike the cached ones), got None"
+        )
+    b, heads, n, d = qk.shape
+    _check_rotations(rotations, heads, d)
+    n_hashes = rotations.shape[1]
+    _check_cache_shapes(cache, (b, heads, d, v.shape[-1], n_hashes), qk.dtype)
+    n_cached = len(cache)
+    n_keys = n_cached + n
     if mask is not None:
-        alone = alone & mask[:, None, :]
-    out = torch.where(alone.unsqueeze(-1), v, out)
-    return out.to(dtype)
+        check_bool_mask(mask, "mask")
+        if tuple(mask.shape) != (b, n_keys):
+            raise ValueError(
+                f"`mask` must have shape (batch, n_cached + n) = {(b, n_keys)} "
+                f"({n_cached} cached positions), got {tuple(mask.shape)}"
+            )
+    check_probability(dropout, "dropout")
+    if scale is not None:
+        check_positive(scale, "scale")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    p_drop = dropout if training else 0.0
+
+    dtype = qk.dtype
+    work = torch.float32 if dtype in LOW_PRECISION else dtype  # as the full pass computes
+    qk_w, v_w = qk.to(work), v.to(work)
+    new_buckets = lsh_buckets(qk_w, rotations)  # (b, h, r, n)
+    keys, values, buckets = cache.extend(F.normalize(qk_w, dim=-1).to(dtype), v, new_buckets)
+    if n == 0:
+        return v
+
+    query_pos = torch.arange(n_cached, n_keys, device=qk.device).unsqueeze(-1)
+    key_pos = torch.arange(n_keys, device=qk.device)
+    visible = (key_pos <= query_pos) & (key_pos != query_pos)  # (n, n_keys)
+    if mask is not None:
+        visible = visible & mask[:, None, None, None, :]  # (b, 1, 1, n, n_keys)
+    allowed = (new_buckets.unsqueeze(-1) == buckets.unsqueeze(-2)) & visible  # (b, h, r, n, k)
+    scores = torch.matmul(qk_w, keys.to(work).transpose(-2, -1)).unsqueeze(2) * scale
+    if n_hashes > 1:
+        counts = allowed.sum(dim=2, keepdim=True).clamp_min(1)  # N_ij, (b, h, 1, n, k)
+        scores = scores - torch.log(counts.to(scores.dtype))
+    weights, lse = _round_softmax(scores, allowed, p_drop)
+    out = _combine_rounds(torch.matmul(weights, values.to(work).unsqueeze(2)), lse.squeeze(-1))
+    seen = allowed.any(dim=-1).any(dim=2)  # (b, h, n)
+    real_query = None if mask is None else mask[:, None, n_cached:]
+    return _self_if_alone(out, v_w, seen, real_query).to(dtype)
+
+
+def _check_cache_shapes(
+    cache: LSHCache, expected: tuple[int, int, int, int, int], dtype: torch.dtype
+) -> None:
+    """A filled ``cache`` must continue inputs of ``(batch, heads, d, d_v, n_hashes)`` and
+    ``dtype``."""
+    if cache.key is None or cache.value is None or cache.buckets is None:
+        if not (cache.key is None and cache.value is None and cache.buckets is None):
+            raise ValueError(
+                "`cache` must hold keys, values and buckets together (or none of them); "
+                "fill it through lsh_cached_attention or LSHAttention, not KVCache.append"
+            )
+        return
+    if cache.key.dtype != dtype or cache.value.dtype != dtype:
+        raise TypeError(
+            f"`cache` holds keys/values of dtype {cache.key.dtype}/{cache.value.dtype}, but "
+            f"the new `qk` and `v` are {dtype}"
+        )
+    b, heads, d, d_v, n_hashes = expected
+    n_cached = cache.key.shape[-2] if cache.key.dim() == 4 else -1
+    for name, got, want in (
+        ("key", cache.key.shape, (b, heads, n_cached, d)),
+        ("value", cache.value.shape, (b, heads, n_cached, d_v)),
+        ("buckets", cache.buckets.shape, (b, heads, n_hashes, n_cached)),
+    ):
+        if tuple(got) != want:
+            raise ValueError(
+                f"`cache` holds {name} of shape {tuple(got)}, but the inputs (batch, heads, "
+                f"d, d_v, n_hashes) = {expected} continue a cache of shape {want}"
+            )
+
+
+def _round_softmax(scores: Tensor, allowed: Tensor, p_drop: float) -> tuple[Tensor, Tensor]:
+    """Every round's softmax over its allowed keys (the last dimension), with dropout, and
+    its log-sum-exp ``(..., 1)``.
+
+    A query with no allowed key gets a finite log-sum-exp (the lowest float) and zero
+    weights, so neither the output nor the gradient becomes NaN.
+    """
+    filled = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    lse = torch.logsumexp(filled, dim=-1, keepdim=True)
+    weights = torch.exp(filled - lse) * allowed
+    return F.dropout(weights, p_drop, training=p_drop > 0), lse
+
+
+def _combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
+    """Rounds' outputs ``(b, h, r, n, dv)`` weighted by ``softmax_r`` of their log-sum-exps
+    ``(b, h, r, n)`` -> ``(b, h, n, dv)``: softmax over the union of the rounds' keys (the
+    scores already carry the ``log N_ij`` duplicate correction)."""
+    return (torch.softmax(lse, dim=2).unsqueeze(-1) * out).sum(dim=2)
+
+
+def _self_if_alone(out: Tensor, v: Tensor, seen: Tensor, real_query: Tensor | None) -> Tensor:
+    """A query that saw no key in any round (``seen`` ``(b, h, n)`` False) attends to itself
+    (``v`` ``(b, h, n, dv)``), unless it is padding (``real_query`` broadcastable to
+    ``(b, h, n)``, False), which keeps its zeros."""
+    alone = ~seen if real_query is None else ~seen & real_query
+    return torch.where(alone.unsqueeze(-1), v, out)
 
 
 def _with_previous_chunk(positions: Tensor, fill: int) -> Tensor:
@@ -391,20 +578,42 @@ class LSHAttention(nn.Module):
         """Xavier-uniform weights, zero biases."""
         xavier_init_(self.query_key, self.value, self.out)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, cache: LSHCache | None = None
+    ) -> Tensor:
         """Attend within the hash buckets.
 
         Args:
-            x: ``(batch, n, dim)``.
-            mask: key-padding mask ``(batch, n)``, True = real token.
+            x: ``(batch, n, dim)``: the whole sequence, or with a ``cache`` the ``n`` new
+                positions that follow the ``n_cached`` cached ones (a prompt, then one
+                token per step).
+            mask: key-padding mask ``(batch, n_cached + n)`` (``n_cached = 0`` without a
+                cache), True = real token.
+            cache: an :class:`LSHCache`, extended in place: decode step by step with
+                :func:`lsh_cached_attention` (same-bucket causal keys, no chunk window; see
+                the module docstring). Needs ``causal=True`` and a ``seed``
+                (:meth:`check_cache`).
 
         Returns:
             ``(batch, n, dim)``.
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.dim, "x", "dim")
+        if cache is not None:
+            self.check_cache(cache)
         qk = rearrange(self.query_key(x), "b n (h d) -> b h n d", h=self.heads)
         v = rearrange(self.value(x), "b n (h d) -> b h n d", h=self.heads)
+        if cache is not None:
+            out = lsh_cached_attention(
+                qk,
+                v,
+                cache,
+                rotations=self.rotations,
+                mask=mask,
+                dropout=self.dropout,
+                training=self.training,
+            )
+            return self.out(rearrange(out, "b h n d -> b n (h d)"))
         out = lsh_attention(
             qk,
             v,
@@ -419,6 +628,32 @@ class LSHAttention(nn.Module):
             training=self.training,
         )
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
+
+    def new_cache(self) -> LSHCache:
+        """An empty :class:`LSHCache` for decoding with this module."""
+        return LSHCache()
+
+    def check_cache(self, cache: object) -> None:
+        """Raise if this module cannot decode step by step with ``cache``: it must be
+        causal, hash with fixed rotations (a ``seed``) and ``cache`` must be an
+        :class:`LSHCache`. Checked before anything is appended to the cache."""
+        if not self.causal:
+            raise ValueError(
+                "`cache` given, but this LSHAttention has causal=False: bidirectional LSH "
+                "attention cannot decode step by step (every position sees later ones); run "
+                "the whole sequence without a cache"
+            )
+        if self.rotations is None:
+            raise ValueError(
+                "`cache` given, but this LSHAttention has seed=None: it draws new rotations "
+                "at every call, so it cannot decode step by step (the new positions would be "
+                "hashed unlike the cached ones); give it a `seed` for fixed rotations"
+            )
+        if not isinstance(cache, LSHCache):
+            raise TypeError(
+                "`cache` of LSH attention must be an LSHCache (keys, values and buckets; "
+                f"see new_cache), got {type(cache).__name__}"
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -469,19 +704,7 @@ def _check_inputs(
     dropout: float,
 ) -> None:
     """Raise ``ValueError``/``TypeError`` naming the first bad argument."""
-    check_rank(qk, 4, "qk", "(batch, heads, n, d)")
-    check_rank(v, 4, "v", "(batch, heads, n, d_v)")
-    if not qk.is_floating_point():
-        raise TypeError(f"`qk` must be a floating-point tensor, got dtype {qk.dtype}")
-    if v.shape[:3] != qk.shape[:3]:
-        raise ValueError(
-            f"`v` must have the (batch, heads, n) of `qk` {tuple(qk.shape[:3])}, "
-            f"got shape {tuple(v.shape)}"
-        )
-    if v.dtype != qk.dtype:
-        raise TypeError(f"`v` must have the dtype of `qk` ({qk.dtype}), got {v.dtype}")
-    if v.device != qk.device:
-        raise ValueError(f"`v` must be on the device of `qk` ({qk.device}), got {v.device}")
+    _check_qk_v(qk, v)
     if mask is not None:
         check_bool_mask(mask, "mask")
         if tuple(mask.shape) != (qk.shape[0], qk.shape[2]):
@@ -499,10 +722,30 @@ def _check_inputs(
         check_positive(scale, "scale")
 
 
+def _check_qk_v(qk: Tensor, v: Tensor) -> None:
+    """``qk`` ``(batch, heads, n, d)`` floating point; ``v`` ``(batch, heads, n, d_v)`` of
+    its dtype and device."""
+    check_rank(qk, 4, "qk", "(batch, heads, n, d)")
+    check_rank(v, 4, "v", "(batch, heads, n, d_v)")
+    if not qk.is_floating_point():
+        raise TypeError(f"`qk` must be a floating-point tensor, got dtype {qk.dtype}")
+    if v.shape[:3] != qk.shape[:3]:
+        raise ValueError(
+            f"`v` must have the (batch, heads, n) of `qk` {tuple(qk.shape[:3])}, "
+            f"got shape {tuple(v.shape)}"
+        )
+    if v.dtype != qk.dtype:
+        raise TypeError(f"`v` must have the dtype of `qk` ({qk.dtype}), got {v.dtype}")
+    if v.device != qk.device:
+        raise ValueError(f"`v` must be on the device of `qk` ({qk.device}), got {v.device}")
+
+
 __all__ = [
     "LSHAttention",
+    "LSHCache",
     "lsh_allowed_mask",
     "lsh_attention",
     "lsh_buckets",
+    "lsh_cached_attention",
     "random_rotations",
 ]

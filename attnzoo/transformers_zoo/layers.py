@@ -35,8 +35,11 @@ What varies per layer:
 
   None of them takes ``position``; only dense and adaptive-span attention take
   ``learn_alpha``. With a KV cache, a decoder layer decodes step by step with dense,
-  adaptive-span or (causal) sparse-pattern self-attention; LSH layers keep no cache and
-  reject one. The cross-attention of a decoder layer is always dense;
+  adaptive-span, (causal) sparse-pattern or LSH self-attention; an LSH layer needs a
+  ``seed`` (fixed hashing) and an :class:`~attnzoo.attention.lsh.LSHCache` (see
+  :meth:`DecoderLayer.new_cache`), and its cached steps see every earlier same-bucket key
+  instead of the chunk window (:func:`~attnzoo.attention.lsh.lsh_cached_attention`). The
+  cross-attention of a decoder layer is always dense;
 * ``memory={...}``: a product-key memory
   (:class:`~attnzoo.attention.product_key.ProductKeyMemory`, Lample et al. 2019) in place of
   the feed-forward sub-layer; the dict holds its keyword arguments besides ``dim``;
@@ -91,8 +94,9 @@ from .feed_forward import FeedForward
 class LayerCache:
     """Decoding caches of one :class:`DecoderLayer`: its self- and cross-attention keys and
     values (``(batch, heads, n, dim_head)`` each, see
-    :class:`~attnzoo.attention.multi_head.KVCache`). Batch-first, so beam search can
-    reorder it."""
+    :class:`~attnzoo.attention.multi_head.KVCache`; an LSH self-attention's is an
+    :class:`~attnzoo.attention.lsh.LSHCache`, which also keeps the buckets: build it with
+    :meth:`DecoderLayer.new_cache`). Batch-first, so beam search can reorder it."""
 
     self_attention: KVCache = field(default_factory=KVCache)
     cross_attention: KVCache = field(default_factory=KVCache)
@@ -389,6 +393,14 @@ class DecoderLayer(_Block):
             self.cross_attention = MultiHeadAttention(dim, heads, kv_dim=context_dim, **options)
             self.cross_attention_norm = self._norm()
 
+    def new_cache(self) -> LayerCache:
+        """An empty :class:`LayerCache` for this layer (an
+        :class:`~attnzoo.attention.lsh.LSHCache` for LSH self-attention)."""
+        attention = self.self_attention
+        if isinstance(attention, LSHAttention):
+            return LayerCache(self_attention=attention.new_cache())
+        return LayerCache()
+
     def forward(
         self,
         x: Tensor,
@@ -409,9 +421,11 @@ class DecoderLayer(_Block):
                 ``(batch, heads, n, n_k)`` (dense and adaptive-span self-attention only).
                 The causal mask is always applied on top.
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
-            cache: a :class:`LayerCache`, updated in place: the new positions' keys and
-                values are appended, the context's are computed once. Not available with
-                LSH self-attention (a ``ValueError``).
+            cache: a :class:`LayerCache` (from :meth:`new_cache`), updated in place: the
+                new positions' keys and values are appended, the context's are computed
+                once. An LSH layer needs a ``seed``
+                (:func:`~attnzoo.attention.lsh.lsh_cached_attention` gives the key set of
+                its cached steps).
             output_attentions: also return the weights (not available with LSH).
 
         Returns:
@@ -649,7 +663,8 @@ def call_self_attention(
         mask: key-padding ``(batch, n_k)``; dense and adaptive-span attention also take a
             rank-4 mask broadcastable to ``(batch, heads, n, n_k)``.
         cache: a :class:`KVCache` to decode with (dense, adaptive-span and causal
-            sparse-pattern attention only).
+            sparse-pattern attention), or an :class:`~attnzoo.attention.lsh.LSHCache`
+            (causal LSH attention with a ``seed``); see :func:`check_decoding_cache`.
         return_weights: also return the weights.
 
     Returns:
@@ -664,11 +679,8 @@ def call_self_attention(
     if isinstance(attention, MultiHeadAttention):  # dense and adaptive span
         return _split(attention(x, mask=mask, cache=cache, return_weights=return_weights))
     kind = _KIND_NAMES.get(type(attention), type(attention).__name__)
-    if cache is not None and not isinstance(attention, SparseTransformerAttention):
-        raise ValueError(
-            f"`cache` given, but {kind} self-attention cannot decode step by step (it keeps "
-            "no key/value cache); run the whole sequence without a cache"
-        )
+    if cache is not None:
+        check_decoding_cache(attention, cache)
     if mask is not None and mask.dim() != 2:
         raise ValueError(
             f"`mask` of a {kind} layer must be a key-padding mask (batch, n), "
@@ -680,7 +692,7 @@ def call_self_attention(
                 "attention weights were asked for (output_attentions=True), but LSH "
                 "attention forms no weight matrix"
             )
-        return attention(x, mask=mask), None
+        return attention(x, mask=mask, cache=cache), None
     if isinstance(attention, SparseTransformerAttention):
         n_keys = x.shape[1] + (len(cache) if cache is not None else 0)
         out, weights = _split(attention(x, mask=mask, return_weights=return_weights, cache=cache))
@@ -688,6 +700,37 @@ def call_self_attention(
             weights = _dense_pattern_weights(attention, weights, n_keys)
         return out, weights
     return _split(attention(x, mask=mask, return_weights=return_weights))
+
+
+def check_decoding_cache(attention: nn.Module, cache: object, where: str | None = None) -> None:
+    """Raise unless ``attention`` (from :func:`build_self_attention`) can decode step by
+    step with ``cache``; checked before anything is appended, so a stack can check all its
+    layers before the first one runs.
+
+    Dense, adaptive-span and sparse-pattern attention check their
+    :class:`~attnzoo.attention.multi_head.KVCache` themselves; LSH attention needs
+    ``causal=True``, a ``seed`` and an :class:`~attnzoo.attention.lsh.LSHCache`
+    (:meth:`~attnzoo.attention.lsh.LSHAttention.check_cache`); sliding-window attention
+    keeps no cache.
+
+    Args:
+        attention: the self-attention module.
+        cache: the cache meant for it.
+        where: prefix of the error message naming the layer, e.g. ``"layer 2"``.
+    """
+    try:
+        if isinstance(attention, LSHAttention):
+            attention.check_cache(cache)
+        elif not isinstance(attention, (MultiHeadAttention, SparseTransformerAttention)):
+            kind = _KIND_NAMES.get(type(attention), type(attention).__name__)
+            raise ValueError(
+                f"`cache` given, but {kind} self-attention cannot decode step by step (it "
+                "keeps no key/value cache); run the whole sequence without a cache"
+            )
+    except (TypeError, ValueError) as error:
+        if where is None:
+            raise
+        raise type(error)(f"{where}: {error}") from None
 
 
 _KIND_NAMES: dict[type, str] = {
@@ -736,6 +779,7 @@ __all__ = [
     "LayerCache",
     "build_self_attention",
     "call_self_attention",
+    "check_decoding_cache",
     "check_self_attention_choice",
     "check_window",
 ]

@@ -27,7 +27,12 @@ sequence in chunks (the Reformer's chunked feed-forward: the forward pass never 
 whole ``(n, ffn_dim)`` hidden layer at once). :class:`ReversibleEncoder` is such a stack:
 the input is copied to both streams, and their mean goes through a final LayerNorm.
 :class:`ReformerLM` puts token embeddings and a tied output layer around a causal LSH
-reversible encoder.
+reversible encoder; its ``generate`` decodes one token per step over per-block caches
+(:class:`~attnzoo.attention.lsh.LSHCache`). Decoding needs no backward pass, so a step runs
+the blocks' plain formula; the cached steps of LSH attention see every earlier key of the
+query's buckets instead of the chunk window of the full pass (see
+:func:`~attnzoo.attention.lsh.lsh_cached_attention`), so generated tokens match re-running
+the prefix through an empty cache, not the chunked full pass.
 """
 
 from __future__ import annotations
@@ -35,14 +40,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..attention.lsh import LSHAttention
-from ..attention.multi_head import MultiHeadAttention
+from ..attention.multi_head import KVCache, MultiHeadAttention
 from ..attention.sparse_patterns import SparseTransformerAttention
 from ..attention.validation import (
     check_bool_mask,
@@ -53,6 +58,14 @@ from ..attention.validation import (
 )
 from .embeddings import Embeddings
 from .feed_forward import ACTIVATIONS, FeedForward
+from .generation import (
+    GenerationMixin,
+    GenerationOptions,
+    GenerationStart,
+    check_generation_length,
+    check_unpadded_prompt,
+)
+from .layers import check_decoding_cache
 
 ATTENTIONS: dict[str, Callable[..., nn.Module]] = {
     "dense": MultiHeadAttention,
@@ -85,10 +98,15 @@ class AttentionSublayer(nn.Module):
         self.attention = attention
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> Tensor:
         """``(batch, n, dim)`` -> ``(batch, n, dim)``; ``mask`` is a key-padding mask
-        ``(batch, n)``, True = real token."""
-        return self.dropout(self.attention(self.norm(x), mask=mask))
+        ``(batch, n_cached + n)``, True = real token; ``cache`` (the attention module's own
+        kind, extended in place) decodes the ``n`` new positions after the cached ones."""
+        if cache is None:
+            return self.dropout(self.attention(self.norm(x), mask=mask))
+        return self.dropout(self.attention(self.norm(x), mask=mask, cache=cache))
 
 
 class FeedForwardSublayer(nn.Module):
@@ -139,9 +157,12 @@ class ReversibleBlock(nn.Module):
         super().__init__()
         self.f, self.g = f, g
 
-    def forward(self, x1: Tensor, x2: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The plain formula (autograd keeps the activations). Streams ``(batch, n, dim)``."""
-        y1 = x1 + self.f(x2, mask)
+    def forward(
+        self, x1: Tensor, x2: Tensor, mask: Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The plain formula (autograd keeps the activations). Streams ``(batch, n, dim)``;
+        ``cache`` (decoding) goes to ``f``, which must take it (:class:`AttentionSublayer`)."""
+        y1 = x1 + (self.f(x2, mask) if cache is None else self.f(x2, mask, cache))
         return y1, x2 + self.g(y1, mask)
 
     def inverse(self, y1: Tensor, y2: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -293,11 +314,27 @@ class ReversibleSequence(nn.Module):
                 raise TypeError(f"`blocks` must hold ReversibleBlocks, got {type(block).__name__}")
         self.reversible, self.preserve_rng_state = reversible, preserve_rng_state
 
-    def forward(self, x1: Tensor, x2: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x1: Tensor,
+        x2: Tensor,
+        mask: Tensor | None = None,
+        cache: Sequence[KVCache] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Run the blocks on the two streams ``(batch, n, dim)``; returns ``(y1, y2)``.
 
-        ``mask`` (key-padding ``(batch, n)``, True = real token) is passed to every branch.
+        ``mask`` (key-padding ``(batch, n_cached + n)``, True = real token) is passed to
+        every branch. ``cache`` (one per block, decoding) runs the plain formula: a decoding
+        step keeps no activations for a backward pass.
         """
+        if cache is not None:
+            if len(cache) != len(self.blocks):
+                raise ValueError(
+                    f"`cache` must hold one cache per block ({len(self.blocks)}), got {len(cache)}"
+                )
+            for block, block_cache in zip(self.blocks, cache, strict=True):
+                x1, x2 = block(x1, x2, mask, block_cache)
+            return x1, x2
         params = _unique_trainable(self.blocks.parameters())
         needs_graph = torch.is_grad_enabled() and (
             x1.requires_grad or x2.requires_grad or bool(params)
@@ -395,23 +432,58 @@ class ReversibleEncoder(nn.Module):
         self.layers = ReversibleSequence([block() for _ in range(depth)], reversible=reversible)
         self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def new_cache(self) -> list[KVCache]:
+        """Empty decoding caches, one per block: an
+        :class:`~attnzoo.attention.lsh.LSHCache` for LSH attention, else a
+        :class:`~attnzoo.attention.multi_head.KVCache`."""
+        return [
+            attention.new_cache() if isinstance(attention, LSHAttention) else KVCache()
+            for attention in self._attentions()
+        ]
+
+    def _attentions(self) -> list[nn.Module]:
+        """The attention module of every block, in order."""
+        return [
+            cast(AttentionSublayer, cast(ReversibleBlock, block).f).attention
+            for block in self.layers.blocks
+        ]
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, cache: list[KVCache] | None = None
+    ) -> Tensor:
         """Encode ``x`` ``(batch, n, dim)`` -> ``(batch, n, dim)``.
 
         Args:
-            x: ``(batch, n, dim)``.
-            mask: key-padding mask ``(batch, n)``, True = real token.
+            x: ``(batch, n, dim)``: the whole sequence, or with a ``cache`` the new
+                positions after the ``n_cached`` cached ones.
+            mask: key-padding mask ``(batch, n_cached + n)``, True = real token.
+            cache: from :meth:`new_cache`, extended in place (causal attention only; LSH
+                attention also needs a ``seed``). Checked for every block before the first
+                one runs.
         """
         check_rank(x, 3, "x", "(batch, n, dim)")
         check_size(x, -1, self.dim, "x", "dim")
+        n_cached = 0
+        if cache is not None:
+            attentions = self._attentions()
+            if not isinstance(cache, list) or len(cache) != len(attentions):
+                got = f"{len(cache)} caches" if isinstance(cache, list) else type(cache).__name__
+                raise ValueError(
+                    f"`cache` must be a list of one cache per block ({len(attentions)}, from "
+                    f"new_cache()), got {got}"
+                )
+            for i, (attention, block_cache) in enumerate(zip(attentions, cache, strict=True)):
+                check_decoding_cache(attention, block_cache, f"block {i}")
+            n_cached = len(cache[0])
         if mask is not None:
             check_bool_mask(mask, "mask")
-            if tuple(mask.shape) != tuple(x.shape[:2]):
+            expected = (x.shape[0], n_cached + x.shape[1])
+            if tuple(mask.shape) != expected:
+                what = "(batch, n)" if cache is None else "(batch, n_cached + n)"
                 raise ValueError(
-                    f"`mask` must have shape (batch, n) = {tuple(x.shape[:2])}, "
-                    f"got {tuple(mask.shape)}"
+                    f"`mask` must have shape {what} = {expected}, got {tuple(mask.shape)}"
                 )
-        y1, y2 = self.layers(x, x, mask)
+        y1, y2 = self.layers(x, x, mask, cache)
         return self.norm((y1 + y2) / 2)
 
 
@@ -455,8 +527,13 @@ class ReformerConfig:
         check_probability(self.dropout, "dropout")
 
 
-class ReformerLM(nn.Module):
+class ReformerLM(GenerationMixin, nn.Module):
     """Token embeddings + positions -> :class:`ReversibleEncoder` with LSH -> tied logits.
+
+    ``generate`` (:meth:`~attnzoo.transformers_zoo.generation.GenerationMixin.generate`)
+    continues unpadded prompts with one cached forward per new token (needs ``causal`` and
+    a ``seed``; the model has no special tokens, so give ``eos_token_id`` and/or
+    ``pad_token_id``).
 
     Args:
         config: a :class:`ReformerConfig`.
@@ -487,12 +564,51 @@ class ReformerLM(nn.Module):
             ffn_chunks=config.ffn_chunks,
         )
 
-    def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Logits ``(batch, n, vocab_size)`` of ids ``(batch, n)``; ``mask`` ``(batch, n)``
-        is the key-padding mask (True = real token). The output layer is the transposed
-        token embedding."""
-        hidden = self.encoder(self.embeddings(input_ids), mask)
+    def new_cache(self) -> list[KVCache]:
+        """Empty decoding caches, one per block (see :meth:`ReversibleEncoder.new_cache`)."""
+        return self.encoder.new_cache()
+
+    def forward(
+        self, input_ids: Tensor, mask: Tensor | None = None, cache: list[KVCache] | None = None
+    ) -> Tensor:
+        """Logits ``(batch, n, vocab_size)`` of ids ``(batch, n)``. The output layer is the
+        transposed token embedding.
+
+        Args:
+            input_ids: ``(batch, n)``; with a ``cache``, the positions after the cached ones.
+            mask: key-padding mask ``(batch, n_cached + n)``, True = real token.
+            cache: from :meth:`new_cache`, extended in place (causal, with a ``seed``).
+        """
+        offset = 0 if cache is None or not cache else len(cache[0])
+        hidden = self.encoder(self.embeddings(input_ids, offset=offset), mask, cache)
         return hidden @ self.embeddings.word_embeddings.weight.t()
+
+    def _begin_generation(
+        self, input_ids: Tensor, attention_mask: Tensor | None, options: GenerationOptions
+    ) -> GenerationStart:
+        """Generation's start (:meth:`GenerationMixin.generate`): the prompt through empty
+        caches, then one token per step. Prompts ``input_ids`` ``(batch, n)`` must be
+        unpadded; returns the prompt followed by the generated tokens."""
+        check_unpadded_prompt(input_ids, attention_mask, "Reformer")
+        check_generation_length(
+            input_ids.shape[1], options.max_new_tokens, self.config.max_len, "max_len"
+        )
+        return GenerationStart(
+            step=self._step,
+            state={"cache": self.new_cache(), "tokens": input_ids},
+            history=input_ids,
+            prefix=input_ids,
+            eos=None,
+            pad=None,
+            vocab_size=self.config.vocab_size,
+        )
+
+    def _step(self, prev_tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict]:
+        """One forward: the whole prompt first (empty caches), then the previous token;
+        returns the last position's logits ``(N, vocab_size)`` and the state."""
+        cache = state["cache"]
+        ids = state["tokens"] if len(cache[0]) == 0 else prev_tokens[:, None]
+        return self(ids, cache=cache)[:, -1], {"cache": cache, "tokens": ids}
 
 
 __all__ = [

@@ -10,7 +10,8 @@ feed-forward, dropout, pre-/post-LN) and a :class:`LayerConfig` for what may var
   of the Sparse Transformer), ``lsh`` (:class:`LSHConfig`: the Reformer's LSH attention)
   or ``adaptive_span`` (:class:`AdaptiveSpanConfig`: a learned span per head). Decoder
   layers use them causally, encoder layers bidirectionally; a decoder cache works with
-  dense, adaptive-span and sparse-pattern layers (LSH layers raise). The span penalty of every
+  every layer (an LSH layer needs a ``seed``; its cached steps see every earlier key of
+  the query's bucket, not the chunk window of the full pass). The span penalty of every
   adaptive-span layer of a stack is
   :func:`~attnzoo.attention.adaptive_span.span_penalty` ``(stack)``, to add to the loss;
 * ``position``: rotary or ALiBi positions in dense self-attention;
@@ -45,24 +46,24 @@ then, for pre-LN stacks, one final LayerNorm (``norm``), and return a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..attention.entmax import MIN_ALPHA, EntmaxAlpha
-from ..attention.multi_head import MultiHeadAttention
 from ..attention.normalizers import available_normalizers
 from ..attention.positional import check_position
 from ..attention.product_key import QUERY_NORMS
-from ..attention.sparse_patterns import PARTS, PATTERNS, SparseTransformerAttention
+from ..attention.sparse_patterns import PARTS, PATTERNS
 from ..attention.validation import check_int, check_probability, check_rank, check_size
 from .feed_forward import ACTIVATIONS
 from .layers import (
     DecoderLayer,
     EncoderLayer,
     LayerCache,
+    check_decoding_cache,
     check_self_attention_choice,
     check_window,
 )
@@ -142,7 +143,7 @@ class LSHConfig:
         chunk_length: positions per chunk (each chunk also sees the one before it).
         attend_across_buckets: let a query see keys of other buckets in its chunk window.
         seed: fixed hashing drawn once from this seed; None draws new rotations at every
-            call (the Reformer's way).
+            call (the Reformer's way). Decoding with a cache needs a seed.
     """
 
     n_buckets: int = 8
@@ -228,7 +229,7 @@ class LayerConfig:
 
     At most one of ``window``, ``sparse_pattern``, ``lsh``, ``adaptive_span``; none of
     them takes ``position``. Decoder layers use them causally (a decoding cache works with
-    ``adaptive_span`` and ``sparse_pattern``, not ``lsh``), encoder layers bidirectionally.
+    all of them; ``lsh`` needs a ``seed``), encoder layers bidirectionally.
     """
 
     normalizer: str = "softmax"
@@ -510,8 +511,8 @@ class TransformerDecoder(_Stack):
     Args:
         config: the stack's shape; a layer config with ``window`` is rejected (sliding
             windows are for encoders); ``sparse_pattern``, ``lsh`` and ``adaptive_span``
-            layers attend causally. Decoding with a ``cache`` needs dense, adaptive-span or
-            sparse-pattern self-attention in every layer.
+            layers attend causally. Decoding with a ``cache`` needs a ``seed`` in every LSH
+            layer (fixed hashing).
         context_dim: width of the encoder output; default ``config.dim``.
         cross_attention: False gives a decoder-only stack (no ``context``).
     """
@@ -536,8 +537,9 @@ class TransformerDecoder(_Stack):
         )
 
     def new_cache(self) -> list[LayerCache]:
-        """Empty decoding caches, one :class:`LayerCache` per layer."""
-        return [LayerCache() for _ in self.layers]
+        """Empty decoding caches, one :class:`LayerCache` per layer (see
+        :meth:`~attnzoo.transformers_zoo.layers.DecoderLayer.new_cache`)."""
+        return [cast(DecoderLayer, layer).new_cache() for layer in self.layers]
 
     def forward(
         self,
@@ -557,8 +559,10 @@ class TransformerDecoder(_Stack):
             mask: self-attention key-padding mask ``(batch, n_cached + n)``.
             context_mask: key-padding mask of ``context`` ``(batch, n_c)``.
             cache: from :meth:`new_cache`, updated in place; pass the same list at every
-                decoding step (a ``ValueError`` if a layer has LSH self-attention, which
-                cannot decode step by step).
+                decoding step (a ``ValueError`` if an LSH layer has no ``seed``: its
+                hashing changes at every call). An LSH layer's cached steps see every
+                earlier key of the query's buckets
+                (:func:`~attnzoo.attention.lsh.lsh_cached_attention`).
             output_attentions: collect every layer's self- and cross-attention weights.
             output_hidden_states: collect the input and every layer's output.
         """
@@ -570,13 +574,8 @@ class TransformerDecoder(_Stack):
         if cache is not None:
             # Checked before any layer runs, so no layer's cache is left half-updated.
             for i, layer in enumerate(self.layers):
-                cached = (MultiHeadAttention, SparseTransformerAttention)
-                if not isinstance(layer.self_attention, cached):
-                    raise ValueError(
-                        f"`cache` given, but layer {i} has "
-                        f"{type(layer.self_attention).__name__} self-attention, which cannot "
-                        "decode step by step; run the whole sequence without a cache"
-                    )
+                attention = cast(DecoderLayer, layer).self_attention
+                check_decoding_cache(attention, cache[i].self_attention, f"layer {i}")
         hidden = [x] if output_hidden_states else None
         attentions: list[Tensor] | None = [] if output_attentions else None
         cross: list[Tensor] | None = [] if output_attentions else None

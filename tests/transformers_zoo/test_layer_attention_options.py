@@ -400,12 +400,13 @@ class TestDecodingWithACache:
         assert_close(stepped, full)
         assert [len(c.self_attention) for c in cache] == [N, N]
 
-    def test_lsh_refuses_a_cache(self):
+    def test_lsh_without_a_seed_refuses_a_cache(self):
+        # Hashing drawn anew at every call: the cached buckets would be meaningless.
         config = stack_config(depth=2, overrides={1: LayerConfig(lsh=LSHConfig(n_buckets=2))})
         stack = TransformerDecoder(config, cross_attention=False).double()
         cache = stack.new_cache()
         x, _ = inputs()
-        with pytest.raises(ValueError, match="`cache` given, but layer 1"):
+        with pytest.raises(ValueError, match="layer 1: `cache` given.*seed=None"):
             stack(x[:, :1], cache=cache)
         # Checked before any layer ran: the dense layer 0 cached nothing.
         assert len(cache[0].self_attention) == 0

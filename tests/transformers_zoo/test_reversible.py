@@ -161,17 +161,24 @@ class TestReconstruction:
 
 
 def saved_activation_bytes(model, x):
-    """Bytes of the distinct non-parameter tensors autograd keeps for the backward pass."""
-    params = {p.data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
+    """Bytes of the distinct non-parameter storages autograd keeps for the backward pass."""
+    saved: list[torch.Tensor] = []
 
     def pack(t):
-        if t.data_ptr() not in params:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        saved.append(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x)
+    # Parameters are told apart by storage after the forward: a reversible layer runs its
+    # sublayers without autograd, where the attention's joint q/k/v product may have moved
+    # their weights into one block.
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in saved
+        if t.untyped_storage().data_ptr() not in params
+    }
     return sum(storages.values())
 
 
