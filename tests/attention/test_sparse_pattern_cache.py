@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnzoo.attention.multi_head import KVCache
@@ -44,6 +43,7 @@ from attnzoo.transformers_zoo.stacks import (
     TransformerDecoder,
 )
 from attnzoo.transformers_zoo.transformer import Transformer, small_transformer_config
+from tests.decoding_lm import TinyLM, cached_step, recomputing_step
 
 TOL = 1e-10
 DIM, HEADS, VOCAB = 8, 2, 11
@@ -336,60 +336,12 @@ class TestDecoderStack:
 # --------------------------------------------------------------------------- generation
 
 
-class TinyLM(nn.Module):
-    """Token and learned position embeddings, a decoder-only stack, a linear head."""
-
-    def __init__(self, stack: TransformerDecoder, max_len: int = 32) -> None:
-        super().__init__()
-        self.tokens = nn.Embedding(VOCAB, DIM)
-        self.positions = nn.Embedding(max_len, DIM)
-        self.decoder = stack
-        self.head = nn.Linear(DIM, VOCAB)
-
-    def forward(self, ids: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
-        """``ids``, ``positions`` ``(batch, n)``; ``mask`` ``(batch, n_cached + n)``
-        -> logits of the last position ``(batch, vocab)``."""
-        x = self.tokens(ids) + self.positions(positions)
-        out = self.decoder(x, mask=mask, cache=cache).last_hidden_state
-        return self.head(out[:, -1])
-
-
-def cached_step(lm: TinyLM):
-    """Prompt first (empty cache), then the previous token over the cache."""
-
-    def step(prev: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        cache = state["cache"]
-        if len(cache[0].self_attention) == 0:
-            ids, positions, mask = state["tokens"], state["positions"], state["mask"]
-        else:
-            ids, positions = prev[:, None], state["positions"][:, -1:] + 1
-            mask = F.pad(state["mask"], (0, 1), value=True)
-        logits = lm(ids, positions, mask, cache)
-        return logits, {"cache": cache, "positions": positions, "mask": mask}
-
-    return step
-
-
-def recomputing_step(lm: TinyLM):
-    """The whole prefix again at every step, no cache."""
-
-    def step(prev: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        ids, mask = state["tokens"], state["mask"]
-        if not state["fresh"]:
-            ids = torch.cat([ids, prev[:, None]], dim=1)
-            mask = F.pad(mask, (0, 1), value=True)
-        logits = lm(ids, position_ids_from_attention_mask(mask), mask)
-        return logits, {"tokens": ids, "mask": mask, "fresh": False}
-
-    return step
-
-
 class TestGeneration:
     @pytest.mark.parametrize("num_beams", [1, 3])
     def test_generate_tokens_equals_recomputation(self, num_beams):
         torch.manual_seed(0)
         stack = decoder_only(sparse_layer(*LAYERS[0]), sparse_layer(*LAYERS[1]))
-        lm = TinyLM(stack).double().eval()
+        lm = TinyLM(stack, VOCAB, DIM).double().eval()
         prompt = torch.randint(1, VOCAB, (3, 5))
         mask = left_padding(3, 5, (0, 2, 1))
         prompt = prompt.masked_fill(~mask, 0)

@@ -12,12 +12,9 @@ Float64, dropout 0, tolerance 1e-10.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnzoo.attention.lsh import LSHCache
 from attnzoo.attention.multi_head import KVCache
@@ -25,6 +22,7 @@ from attnzoo.transformers_zoo.generation import GenerationOptions, generate_toke
 from attnzoo.transformers_zoo.gpt2 import position_ids_from_attention_mask
 from attnzoo.transformers_zoo.reversible import ReformerConfig, ReformerLM
 from attnzoo.transformers_zoo.stacks import LayerConfig, LSHConfig, StackConfig, TransformerDecoder
+from tests.decoding_lm import TinyLM, cached_step, recomputing_step
 
 TOL = 1e-10
 DIM, HEADS, VOCAB, N = 12, 2, 11, 13
@@ -122,62 +120,12 @@ class TestDecoderStack:
 # --------------------------------------------------------------------------- generation
 
 
-class TinyLM(nn.Module):
-    """Token and learned position embeddings, a decoder-only stack, a linear head."""
-
-    def __init__(self, stack: TransformerDecoder, max_len: int = 32) -> None:
-        super().__init__()
-        self.tokens = nn.Embedding(VOCAB, DIM)
-        self.positions = nn.Embedding(max_len, DIM)
-        self.decoder = stack
-        self.head = nn.Linear(DIM, VOCAB)
-
-    def forward(self, ids: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
-        """Logits of the last position ``(batch, vocab)``."""
-        x = self.tokens(ids) + self.positions(positions)
-        return self.head(self.decoder(x, mask=mask, cache=cache).last_hidden_state[:, -1])
-
-
-def cached_step(lm: TinyLM):
-    """Prompt first (empty cache), then the previous token over the cache."""
-
-    def step(prev: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        cache = state["cache"]
-        if len(cache[0].self_attention) == 0:
-            ids, positions, mask = state["tokens"], state["positions"], state["mask"]
-        else:
-            ids, positions = prev[:, None], state["positions"][:, -1:] + 1
-            mask = F.pad(state["mask"], (0, 1), value=True)
-        return lm(ids, positions, mask, cache), {
-            "cache": cache,
-            "positions": positions,
-            "mask": mask,
-        }
-
-    return step
-
-
-def recomputing_step(lm: TinyLM, through_a_cache: bool):
-    """The whole prefix again at every step: uncached, or through a fresh cache."""
-
-    def step(prev: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        ids, mask = state["tokens"], state["mask"]
-        if not state["fresh"]:
-            ids = torch.cat([ids, prev[:, None]], dim=1)
-            mask = F.pad(mask, (0, 1), value=True)
-        cache = lm.decoder.new_cache() if through_a_cache else None
-        logits = lm(ids, position_ids_from_attention_mask(mask), mask, cache)
-        return logits, {"tokens": ids, "mask": mask, "fresh": False}
-
-    return step
-
-
 class TestGeneration:
     @pytest.mark.parametrize("num_beams", [1, 3])
     @pytest.mark.parametrize("layer", [ONE_CHUNK, CHUNKED], ids=["one-chunk", "chunked"])
     def test_cached_generation_equals_recomputation(self, num_beams, layer):
         torch.manual_seed(0)
-        lm = TinyLM(decoder(layer, LayerConfig())).double().eval()
+        lm = TinyLM(decoder(layer, LayerConfig()), VOCAB, DIM).double().eval()
         mask = left_padding(5, (0, 2, 1))
         prompt = torch.randint(1, VOCAB, (3, 5)).masked_fill(~mask, 0)
         options = GenerationOptions(max_new_tokens=8, num_beams=num_beams)
