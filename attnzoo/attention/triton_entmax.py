@@ -5,18 +5,21 @@
 with one program per (batch * head, block of ``block_m`` queries) that walks over the key
 tiles several times, recomputing each score tile instead of storing it:
 
-1. **Row maximum** ``m`` of ``z = (alpha - 1) * scores`` (and the Jensen lower bound
-   ``mean(z) - n ** -(alpha - 1)`` of the threshold, from the same pass).
-2. **Newton passes** on ``h(tau) = ||[z - m - tau]_+||_r - 1``, ``r = 1 / (alpha - 1)``.
-   For ``alpha <= 2`` (``r >= 1``) ``h`` is convex and decreasing, so a Newton step from a
-   lower bound of the root is again a lower bound: from ``max(-1, Jensen)`` the iterates
-   climb monotonically and never overshoot. For ``alpha = 2`` the step is Michelot's,
-   exact once the support is, and the passes stop when every row of the block saw its
-   support unchanged. For ``alpha = 1.5`` each pass also forms the exact root of the
-   quadratic on its support (the formula of :func:`~attnzoo.attention.entmax.entmax15`);
-   the next pass counts the entries above it, and where they are exactly that support
-   the root is certified as the threshold. The passes stop when every row of the block
-   is certified.
+1. **Candidates**: one pass keeps, entry-wise over the key tiles, the two largest
+   ``z = (alpha - 1) * scores`` of each row in each class of keys ``j mod block_n``
+   (three element-wise operations per entry, no reduction): ``2 * block_n`` of the row's
+   own entries, among them its maximum ``m``. The threshold of this subset alone is a
+   lower bound of the row's (a subset's r-norm at any threshold is at most the row's),
+   and a close one: the support is the row's largest entries, and a class rarely holds
+   three of them. A few iterations on the candidates, in registers, find it.
+2. **Newton passes** on ``h(tau) = ||[z - m - tau]_+||_r - 1``, ``r = 1 / (alpha - 1)``,
+   from that bound. For ``alpha <= 2`` (``r >= 1``) ``h`` is convex and decreasing, so a
+   Newton step from a lower bound of the root is again a lower bound: the iterates climb
+   monotonically and never overshoot. For sparsemax and 1.5-entmax each pass also forms
+   the exact root on its support ``S = {z > tau}`` (Michelot's step; the smaller root of
+   the quadratic of :func:`~attnzoo.attention.entmax.entmax15`) and the smallest entry of
+   ``S``: where that entry lies at or above the root, the root is the threshold
+   (certified), and the passes stop when every row of the block is certified.
 3. **Output pass**: ``out = sum_j p_ij v_j / sum_j p_ij`` (the division makes a threshold a
    few ulps short of the root still give weights that sum to one), recording which key
    tiles hold any non-zero weight: the backward visits only those, which is the block
@@ -25,28 +28,31 @@ tiles several times, recomputing each score tile instead of storing it:
 Tiles wholly inside the keys and below the causal diagonal skip the mask arithmetic.
 
 The number of Newton passes is capped per call (no host synchronisation):
-``ceil(log2(n_k) / 2) + 3`` (``+ 1`` for a float ``alpha < 2``). Measured on rows of
-``q . k / sqrt(d)`` with Gaussian ``q, k`` times 0.1 to 10, ``n_k`` from 50 to 8192, the
-iterates reach the float64 result to 2e-6 in at most 4 (50), 7 (512), 8 (4096) and 10
-(8192) passes for sparsemax, the slowest case (a near-uniform row, whose support shrinks
-by a roughly constant fraction per Michelot step), and in at most 6 for ``alpha <= 1.5``;
-the cap covers each of them, and sparsemax and 1.5-entmax blocks usually stop earlier.
-A general ``alpha`` runs all of them. ``n_iter`` overrides the cap.
+``ceil(log2(n_k) / 2) + 3`` (``+ 1`` for a float ``alpha < 2``). From the lower bound
+``max(-1, Jensen)`` alone, measured on rows of ``q . k / sqrt(d)`` with Gaussian ``q, k``
+times 0.1 to 10, ``n_k`` from 50 to 8192, the iterates reached the float64 result to 2e-6
+in at most 4 (50), 7 (512), 8 (4096) and 10 (8192) passes for sparsemax, the slowest case
+(a near-uniform row, whose support shrinks by a roughly constant fraction per Michelot
+step), and in at most 6 for ``alpha <= 1.5``; the cap covers each of them. From the
+candidates' bound, blocks of 64 such rows (``q, k`` unit Gaussian, 4096 keys) are
+certified after 2 passes for 1.5-entmax and 1 or 2 for sparsemax. A general ``alpha``
+runs all the passes of the cap. ``n_iter`` overrides it.
 
 The backward (a custom autograd Function) reuses the saved per-row ``m``, ``tau`` and
-``1 / sum(p)`` and the list of surviving tiles: with ``s = [z - m - tau]_+ ** (r - 1)``
+``1 / sum(p)`` and the surviving tiles: with ``s = [z - m - tau]_+ ** (r - 1)``
 (``p ** (2 - alpha)``, the support indicator for sparsemax), ``dP = dO V^T``,
 ``delta_i = sum_j s_ij dP_ij / sum_j s_ij`` and ``dS = s * (dP - delta)``. ``delta`` needs
 ``sum_j s_ij v_j``, which the forward pass accumulates next to the output when a gradient
 is needed (one more tile product there instead of a separate pass over all keys in the
-backward). Then one kernel per query block computes ``dQ = scale * dS K`` and one per key
-block ``dK = scale * dS^T Q`` and ``dV = P^T dO``, each over its own surviving tiles, so
-no atomics are needed and the gradients are deterministic.
+backward). Then one kernel per query block forms ``delta`` and ``dQ = scale * dS K`` over
+the block's list of surviving tiles, and one per key tile ``dK = scale * dS^T Q`` and
+``dV = P^T dO`` over the query blocks that flagged it, so no atomics are needed and the
+gradients are deterministic.
 
-Memory beyond the inputs: the output, four floats per query row, one int32 per
-(query block, key tile) for the tile lists (``n_q * n_k / (block_m * block_n)``, 4 KiB
-per head at n = 4096), and when a gradient is needed ``sum_j s_ij v_j`` (the size of the
-output, float32).
+Memory beyond the inputs: the output, five floats per query row, one int32 and one int8
+per (query block, key tile) for the tile lists and flags (``n_q * n_k / (block_m *
+block_n)`` each, 4 KiB and 1 KiB per head at n = 4096), and when a gradient is needed
+``sum_j s_ij v_j`` (the size of the output, float32).
 
 Kernels run on CUDA tensors. With ``TRITON_INTERPRET=1`` in the environment when this
 module is first imported, Triton's interpreter runs them on CPU tensors instead (slow;
@@ -84,6 +90,8 @@ _GENERAL, _ENTMAX15, _SPARSEMAX = 0, 1, 2
 # shared memory, well within an H100's 228 KiB, as in Triton's fused-attention tutorial.
 BLOCK_M = 64
 BLOCK_N = 64
+# Iterations of the threshold on the BLOCK_N candidates of a row (see the forward kernel).
+CANDIDATE_STEPS = 6
 _TINY = 1.1754943508222875e-38  # smallest normal float32
 
 
@@ -106,6 +114,11 @@ def _sum(x, axis: tl.constexpr):
 @triton.jit
 def _max(x, axis: tl.constexpr):
     return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _min(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, tl.standard._elementwise_min)
 
 
 @triton.jit
@@ -203,16 +216,23 @@ def _unmasked_tiles(
 
 
 @triton.jit
-def _threshold_sums(z, c, c_root, r, KIND: tl.constexpr):
+def _keep_two_largest(first, second, z):
+    """Entry-wise, the two largest of ``first >= second`` and ``z``: ``(first, second)``."""
+    return tl.maximum(first, z), tl.maximum(second, tl.minimum(first, z))
+
+
+@triton.jit
+def _threshold_sums(z, c, r, KIND: tl.constexpr):
     """Row sums of one score tile at the thresholds ``c`` ``(BLOCK_M,)``.
 
-    With ``u = [z - c]_+``: ``(sum u ** r, sum u ** (r - 1), sum u, #{u > 0}, #{z > c_root})``.
+    With ``u = [z - c]_+``: ``(sum u ** r, sum u ** (r - 1), sum u, #{u > 0}, min{u > 0})``.
     Only the sums a kind needs are computed (1.5-entmax: ``u ** (r - 1) = u``; sparsemax:
-    ``u ** r = u`` and ``u ** (r - 1)`` is the support indicator); the last one, the support
-    size at the previous pass's candidate root, only for 1.5-entmax.
+    ``u ** r = u`` and ``u ** (r - 1)`` is the support indicator); the smallest entry of the
+    support (``inf`` if empty) only where a root is certified (sparsemax, 1.5-entmax).
     """
     u = tl.maximum(z - c[:, None], 0.0)
-    size = _sum(tl.where(u > 0, 1.0, 0.0), axis=1)
+    on = u > 0
+    size = _sum(tl.where(on, 1.0, 0.0), axis=1)
     sum_u = _sum(u, axis=1)
     if KIND == 2:
         sum_w = sum_u
@@ -224,11 +244,48 @@ def _threshold_sums(z, c, c_root, r, KIND: tl.constexpr):
         w, s = _powers(u, r, KIND)
         sum_w = _sum(w, axis=1)
         sum_s = _sum(s, axis=1)
-    if KIND == 1:  # noqa: SIM108 (a constexpr if: Triton resolves it when compiling)
-        above = _sum(tl.where(z > c_root[:, None], 1.0, 0.0), axis=1)
+    if KIND == 0:  # noqa: SIM108 (a constexpr if: Triton resolves it when compiling)
+        low = size
     else:
-        above = size
-    return sum_w, sum_s, sum_u, size, above
+        low = _min(tl.where(on, u, float("inf")), axis=1)
+    return sum_w, sum_s, sum_u, size, low
+
+
+@triton.jit
+def _newton_update(tau, sum_w, sum_s, sum_u, size, low, am1, KIND: tl.constexpr):
+    """One update of the row thresholds from the sums of :func:`_threshold_sums` at the
+    lower bounds ``tau`` ``(BLOCK_M,)`` (offsets from the row max).
+
+    Returns ``(step, root, certified)``: the next lower bound, the larger of a Newton step
+    on ``||[z - tau]_+||_r - 1`` and Jensen's bound on the entries above ``tau``; and, for
+    sparsemax and 1.5-entmax, the exact root on the support ``S = {z > tau}`` (Michelot's
+    step; the smaller root of ``sum_S (z - t) ** 2 = 1``), ``certified`` where it is the
+    threshold: every entry of ``S`` lies at or above it (entries outside ``S`` lie at or
+    below ``tau``, below the root).
+    """
+    # Newton on the r-norm: h = F ** (1/r) - 1, h' = -F ** (1/r - 1) * sum(s).
+    norm = _row_pow(sum_w, am1)
+    newton = tau + tl.where(
+        sum_s > 0, (norm - 1.0) * sum_w / tl.maximum(norm * sum_s, 1.1754943508222875e-38), 0.0
+    )
+    size1 = tl.maximum(size, 1.0)
+    # Jensen on the entries above tau: another lower bound, free from the same sums.
+    jensen = tau + tl.where(size > 0, sum_u / size1 - _row_pow(size, -am1), 0.0)
+    step = tl.maximum(newton, jensen)
+    # The root is not below tau (tau is a lower bound of the threshold): an offset below 0
+    # is rounding, where tau has reached the threshold itself.
+    if KIND == 2:
+        offset = (sum_u - 1.0) / size1
+        certified = (size > 0) & (low >= offset)
+    elif KIND == 1:
+        mu = sum_u / size1
+        gap = (1.0 - (sum_w - size * mu * mu)) / size1
+        offset = mu - tl.sqrt(tl.maximum(gap, 0.0))
+        certified = (size > 0) & (gap >= 0) & (low >= offset)
+    else:
+        offset = step - tau
+        certified = size < 0
+    return step, tau + tl.maximum(offset, 0.0), certified
 
 
 @triton.jit
@@ -282,6 +339,7 @@ def _entmax_fwd(
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
     NEED_S: tl.constexpr,
+    CANDIDATE_STEPS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -318,105 +376,96 @@ def _entmax_fwd(
     reach = (hi + BLOCK_N - 1) // BLOCK_N
     n_full = tl.minimum(n_full, reach)
 
-    # Pass A: row max, and sum and count of the allowed z for the Jensen bound.
-    top = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    total = tl.full([BLOCK_M], 0.0, tl.float32)
-    allowed_count = tl.full([BLOCK_M], 0.0, tl.float32)
+    # Pass A: the two largest z of each row in each of the BLOCK_N classes of keys
+    # ``j mod BLOCK_N`` (three element-wise operations per entry, no reduction): 2 * BLOCK_N
+    # of the row's own entries, and the row max among them.
+    first = tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32)
+    second = first
     for tile in range(0, n_full):
         z = _score_tile(
             q, k_base, tile * BLOCK_N + arange_n, offs_d, coef, n_k, HEAD_DIM, PRECISION
         )
-        top = tl.maximum(top, _max(z, axis=1))
-        total += _sum(z, axis=1)
-        allowed_count += BLOCK_N
+        first, second = _keep_two_largest(first, second, z)
     for tile in range(n_full, reach):
         offs_n = tile * BLOCK_N + arange_n
         z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
         z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
-        ok = z > float("-inf")
-        top = tl.maximum(top, _max(z, axis=1))
-        total += _sum(tl.where(ok, z, 0.0), axis=1)
-        allowed_count += _sum(ok.to(tl.float32), axis=1)
-
+        first, second = _keep_two_largest(first, second, z)
+    top = _max(first, axis=1)
+    has_key = top > float("-inf")
     # Shift each row's max to 0 (rows with no allowed key: 0, their z stays -inf).
-    top = tl.where(top == float("-inf"), 0.0, top)
-    # tau (shifted) >= -1, since the largest weight (-tau) ** r is at most 1; and by
-    # Jensen's inequality mean(z) - n ** -(alpha - 1) is a lower bound too.
-    mean = total / tl.maximum(allowed_count, 1.0) - top
-    jensen = mean - _row_pow(allowed_count, -am1)
-    tau = tl.where(allowed_count > 0, tl.maximum(jensen, -1.0), -1.0)
+    top = tl.where(has_key, top, 0.0)
 
-    # Newton passes, until n_iter or (sparsemax, 1.5-entmax) every row of the block holds a
-    # certified exact threshold. Rows past n_q and rows with no allowed key are done.
-    done = (offs_m >= n_q) | (allowed_count == 0)
-    last_size = tl.full([BLOCK_M], 0.0, tl.float32)
-    exact = tau
+    # The threshold of the candidates alone is a lower bound of the row's (a subset's
+    # r-norm at any threshold is at most the whole row's), and a close one: the support
+    # is the row's largest entries, and a class rarely holds three of them. It comes from
+    # iterations on the candidates in registers, from the bound tau >= -1 (the largest
+    # weight (-tau) ** r is at most 1); a candidate root certified exact may sit a rounding
+    # error above the row's threshold, hence the small step down.
+    first = first - top[:, None]
+    second = second - top[:, None]
+    tau = tl.full([BLOCK_M], -1.0, tl.float32)
+    start = tau
+    for _ in tl.static_range(CANDIDATE_STEPS):
+        sum_w, sum_s, sum_u, size, low = _threshold_sums(first, tau, r, KIND)
+        w2, s2, u2, size2, low2 = _threshold_sums(second, tau, r, KIND)
+        step, root, certified = _newton_update(
+            tau,
+            sum_w + w2,
+            sum_s + s2,
+            sum_u + u2,
+            size + size2,
+            tl.minimum(low, low2),
+            am1,
+            KIND,
+        )
+        start = tl.maximum(start, tl.where(certified, root - 1e-6, step))
+        tau = step
+    tau = tl.where(row_valid & has_key, start, -1.0)
+
+    # Newton passes over the keys, until n_iter or (sparsemax, 1.5-entmax) every row of
+    # the block holds a certified exact threshold. Rows past n_q and rows with no allowed
+    # key are done.
+    done = (offs_m >= n_q) | (has_key == 0)
     final = tau
-    root = tau
-    root_ok = offs_m < 0
     it = n_iter * 0
     go = it + 1
     while (it < n_iter) & (go > 0):
         c = tl.where(row_valid, top + tau, float("inf"))
-        c_root = tl.where(row_valid & root_ok, top + root, float("inf"))
         sum_w = tl.full([BLOCK_M], 0.0, tl.float32)
         sum_s = tl.full([BLOCK_M], 0.0, tl.float32)
         sum_u = tl.full([BLOCK_M], 0.0, tl.float32)
         size = tl.full([BLOCK_M], 0.0, tl.float32)
-        above = tl.full([BLOCK_M], 0.0, tl.float32)
+        low = tl.full([BLOCK_M], float("inf"), tl.float32)
         for tile in range(0, n_full):
             offs_n = tile * BLOCK_N + arange_n
             z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
-            t_w, t_s, t_u, t_size, t_above = _threshold_sums(z, c, c_root, r, KIND)
+            t_w, t_s, t_u, t_size, t_low = _threshold_sums(z, c, r, KIND)
             sum_w += t_w
             sum_s += t_s
             sum_u += t_u
             size += t_size
-            above += t_above
+            low = tl.minimum(low, t_low)
         for tile in range(n_full, reach):
             offs_n = tile * BLOCK_N + arange_n
             z = _score_tile(q, k_base, offs_n, offs_d, coef, n_k, HEAD_DIM, PRECISION)
             z = _masked(z, kpm_row, offs_m, offs_n, n_q, n_k, CAUSAL, HAS_KPM)
-            t_w, t_s, t_u, t_size, t_above = _threshold_sums(z, c, c_root, r, KIND)
+            t_w, t_s, t_u, t_size, t_low = _threshold_sums(z, c, r, KIND)
             sum_w += t_w
             sum_s += t_s
             sum_u += t_u
             size += t_size
-            above += t_above
-        # Newton on the r-norm: h = F ** (1/r) - 1, h' = -F ** (1/r - 1) * sum(s).
-        norm = _row_pow(sum_w, am1)
-        newton = tau + tl.where(
-            sum_s > 0, (norm - 1.0) * sum_w / tl.maximum(norm * sum_s, 1.1754943508222875e-38), 0.0
-        )
-        # Jensen on the entries above tau: another lower bound, free from the same sums.
-        jensen = tau + tl.where(size > 0, sum_u / tl.maximum(size, 1.0) - _row_pow(size, -am1), 0.0)
-        step = tl.maximum(newton, jensen)
-        if KIND == 2:
-            # Michelot's step from an unchanged support is the fixed point: exact.
-            done = done | ((size == last_size) & (size > 0))
-        if KIND == 1:
-            # The previous pass's root of sum_S (z - t) ** 2 = 1 over its support S is the
-            # threshold if exactly |S| entries lie above it (those above tau, the lower bound
-            # it was computed from, already number |S|, and it is not below tau).
-            certified = root_ok & (above == last_size) & (done == 0)
-            final = tl.where(certified, root, final)
-            done = done | certified
-            # This pass's root on its support, in offsets from tau.
-            mu = sum_u / tl.maximum(size, 1.0)
-            gap = (1.0 - (sum_w - size * mu * mu)) / tl.maximum(size, 1.0)
-            root = tau + mu - tl.sqrt(tl.maximum(gap, 0.0))
-            root_ok = (size > 0) & (gap >= 0) & (root >= tau)
-            settled = (size > 0) & (gap >= 0) & (size == last_size) & (root >= step)
-            exact = tl.where(settled, root, step)
-        last_size = size
+            low = tl.minimum(low, t_low)
+        step, root, certified = _newton_update(tau, sum_w, sum_s, sum_u, size, low, am1, KIND)
+        final = tl.where(certified & (done == 0), root, final)
+        done = done | certified
         tau = step
         it += 1
         if KIND != 0:
             go = _max(tl.where(done, 0, 1), axis=0)
-    if KIND == 1:
-        # Certified rows take their certified root; others (n_iter ran out, or rows with
-        # no key) the last pass's exact root where the support had settled.
-        tau = tl.where(done & (allowed_count > 0) & row_valid, final, exact)
+    if KIND != 0:
+        # Certified rows take their root; the others (n_iter ran out) the last lower bound.
+        tau = tl.where(done & has_key & row_valid, final, tau)
 
     # Output pass, recording the key tiles that hold any non-zero weight: the backward
     # visits only those.
@@ -441,6 +490,8 @@ def _entmax_fwd(
         tl.store(tiles + kept, tile)
         tl.store(flags + tile, active.to(tl.int8))
         kept += active
+    for tile in range(reach, n_tiles):
+        tl.store(flags + tile, tl.full([], 0, tl.int8))
     tl.store(COUNTS + bh64 * m_blocks + pid_m, kept)
 
     inv_z = tl.where(norm_sum > 0, 1.0 / tl.maximum(norm_sum, 1.1754943508222875e-38), 0.0)
@@ -465,8 +516,10 @@ def _entmax_bwd_dq(
     AM1,
     DO,
     DQ,
+    OUT_S,
     ROW_M,
     ROW_TAU,
+    ROW_DEN,
     ROW_DELTA,
     TILES,
     COUNTS,
@@ -505,7 +558,15 @@ def _entmax_bwd_dq(
     do = tl.load(DO + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_mask[:, None], other=0.0)
     top = tl.load(ROW_M + rows, mask=row_mask, other=0.0)
     tau = tl.load(ROW_TAU + rows, mask=row_mask, other=0.0)
-    delta = tl.load(ROW_DELTA + rows, mask=row_mask, other=0.0)
+    # delta_i = sum_j s_ij (dO_i . v_j) / sum_j s_ij = dO_i . (sum_j s_ij v_j) / sum_j s_ij,
+    # stored for the dK/dV kernel, which runs next.
+    out_s = tl.load(
+        OUT_S + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_mask[:, None], other=0.0
+    )
+    den = tl.load(ROW_DEN + rows, mask=row_mask, other=0.0)
+    numer = _sum(do.to(tl.float32) * out_s, axis=1)
+    delta = tl.where(den > 0, numer / tl.maximum(den, 1.1754943508222875e-38), 0.0)
+    tl.store(ROW_DELTA + rows, delta, mask=row_mask)
     # The thresholds exactly as the forward pass formed them, so the supports agree.
     c = top + tau
     n_full = _unmasked_tiles(pid_m * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N)
@@ -545,8 +606,7 @@ def _entmax_bwd_dkdv(
     ROW_TAU,
     ROW_INVZ,
     ROW_DELTA,
-    BLOCKS,
-    BLOCK_COUNTS,
+    FLAGS,
     scale,
     n_q,
     n_k,
@@ -579,39 +639,41 @@ def _entmax_bwd_dkdv(
     v = tl.load(V + keys[:, None] * HEAD_DIM + offs_d[None, :], mask=key_mask[:, None], other=0.0)
     kpm_row = KPM + (bh // heads).to(tl.int64) * n_k
     keep = _key_keep(kpm_row, offs_n, n_k, HAS_KPM)
-    blocks = BLOCKS + (bh64 * n_tiles + pid_n) * m_blocks
-    count = tl.load(BLOCK_COUNTS + bh64 * n_tiles + pid_n)
+    # The forward flagged, per query block, the key tiles holding any non-zero weight.
+    flags = FLAGS + bh64 * m_blocks * n_tiles + pid_n
     dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, tl.float32)
     dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, tl.float32)
-    for t in range(0, count):
-        block = tl.load(blocks + t)
-        offs_m = block * BLOCK_M + arange_m
-        row_mask = offs_m < n_q
-        rows = bh64 * n_q + offs_m
-        qt = tl.load(
-            q_base + offs_m[None, :] * HEAD_DIM + offs_d[:, None], mask=row_mask[None, :], other=0.0
-        )
-        do = tl.load(
-            do_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-            mask=row_mask[:, None],
-            other=0.0,
-        )
-        top = tl.load(ROW_M + rows, mask=row_mask, other=0.0)
-        tau = tl.load(ROW_TAU + rows, mask=row_mask, other=0.0)
-        inv_z = tl.load(ROW_INVZ + rows, mask=row_mask, other=0.0)
-        delta = tl.load(ROW_DELTA + rows, mask=row_mask, other=0.0)
-        # Transposed tile: keys along axis 0, queries along axis 1.
-        zt = tl.dot(k, qt, input_precision=PRECISION) * coef
-        if pid_n >= _unmasked_tiles(block * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N):
-            ok = _allowed(offs_m[None, :], offs_n[:, None], keep[:, None], n_q, n_k, CAUSAL)
-            zt = tl.where(ok, zt, float("-inf"))
-        ut = tl.maximum(zt - (top + tau)[None, :], 0.0)
-        wt, st = _powers(ut, r, KIND)
-        pt = wt * inv_z[None, :]
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = st * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
+    for block in range(0, m_blocks):
+        if tl.load(flags + block * n_tiles) != 0:
+            offs_m = block * BLOCK_M + arange_m
+            row_mask = offs_m < n_q
+            rows = bh64 * n_q + offs_m
+            qt = tl.load(
+                q_base + offs_m[None, :] * HEAD_DIM + offs_d[:, None],
+                mask=row_mask[None, :],
+                other=0.0,
+            )
+            do = tl.load(
+                do_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=row_mask[:, None],
+                other=0.0,
+            )
+            top = tl.load(ROW_M + rows, mask=row_mask, other=0.0)
+            tau = tl.load(ROW_TAU + rows, mask=row_mask, other=0.0)
+            inv_z = tl.load(ROW_INVZ + rows, mask=row_mask, other=0.0)
+            delta = tl.load(ROW_DELTA + rows, mask=row_mask, other=0.0)
+            # Transposed tile: keys along axis 0, queries along axis 1.
+            zt = tl.dot(k, qt, input_precision=PRECISION) * coef
+            if pid_n >= _unmasked_tiles(block * BLOCK_M, n_q, n_k, CAUSAL, HAS_KPM, BLOCK_N):
+                ok = _allowed(offs_m[None, :], offs_n[:, None], keep[:, None], n_q, n_k, CAUSAL)
+                zt = tl.where(ok, zt, float("-inf"))
+            ut = tl.maximum(zt - (top + tau)[None, :], 0.0)
+            wt, st = _powers(ut, r, KIND)
+            pt = wt * inv_z[None, :]
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            dst = st * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PRECISION)
     dk = dk * scale
     tl.store(
         DK + keys[:, None] * HEAD_DIM + offs_d[None, :],
@@ -689,7 +751,7 @@ class TritonEntmaxFunction(torch.autograd.Function):
         row_den = torch.empty(bh, n_q, dtype=f32, device=dev) if need_s else row_m
         tiles = torch.empty(bh, m_blocks, n_tiles, dtype=torch.int32, device=q.device)
         counts = torch.empty(bh, m_blocks, dtype=torch.int32, device=q.device)
-        flags = torch.zeros(bh, m_blocks, n_tiles, dtype=torch.int8, device=q.device)
+        flags = torch.empty(bh, m_blocks, n_tiles, dtype=torch.int8, device=q.device)
         mask = kpm if kpm is not None else counts  # never read without HAS_KPM
         _entmax_fwd[(m_blocks, bh)](
             q,
@@ -715,6 +777,7 @@ class TritonEntmaxFunction(torch.autograd.Function):
             n_tiles,
             HAS_KPM=kpm is not None,
             NEED_S=need_s,
+            CANDIDATE_STEPS=CANDIDATE_STEPS,
             **cfg.launch_options(q.dtype, d),
         )
         if need_s:
@@ -735,15 +798,7 @@ class TritonEntmaxFunction(torch.autograd.Function):
         n_k = k.shape[1]
         m_blocks, n_tiles = tiles.shape[1], tiles.shape[2]
         grad_out = grad_out.to(q.dtype).contiguous()
-        # delta_i = sum_j s_ij (dO_i . v_j) / sum_j s_ij = dO_i . (sum_j s_ij v_j) / sum_j s_ij.
-        numer = (grad_out.float() * out_s).sum(dim=-1)
-        delta = torch.where(row_den > 0, numer / row_den.clamp(min=_TINY), 0.0).contiguous()
-        # For each key tile, the query blocks whose final list holds it, first in block
-        # order (a stable sort puts the flagged ones first), and how many there are.
-        by_key = flags.transpose(1, 2).to(torch.int32)
-        block_counts = by_key.sum(dim=-1, dtype=torch.int32).contiguous()
-        blocks = torch.sort(by_key, dim=-1, descending=True, stable=True).indices
-        blocks = blocks.to(torch.int32).contiguous()
+        delta = torch.empty_like(row_den)
         grad_q, grad_k, grad_v = (torch.empty_like(x) for x in (q, k, v))
         mask = kpm if kpm is not None else counts
         options = cfg.launch_options(q.dtype, d)
@@ -755,8 +810,10 @@ class TritonEntmaxFunction(torch.autograd.Function):
             am1,
             grad_out,
             grad_q,
+            out_s,
             row_m,
             row_tau,
+            row_den,
             delta,
             tiles,
             counts,
@@ -782,8 +839,7 @@ class TritonEntmaxFunction(torch.autograd.Function):
             row_tau,
             row_invz,
             delta,
-            blocks,
-            block_counts,
+            flags,
             cfg.scale,
             n_q,
             n_k,

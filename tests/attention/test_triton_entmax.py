@@ -244,6 +244,62 @@ def test_early_exit_matches_float64(alpha: float) -> None:
     torch.testing.assert_close(ours.double(), exact, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_two_passes_from_the_candidates_are_final(alpha: float) -> None:
+    # The candidates' threshold starts the Newton passes so close that two passes over
+    # the keys certify every row of these Gaussian scores: the passes stop there, and 40
+    # allowed passes give the identical output (measured: sparsemax blocks mostly stop
+    # after one, 1.5-entmax blocks after two).
+    q, k, v = (x.detach() for x in _inputs(1, 2, 40, 700, 32, seed=12))
+    two = kernels.triton_entmax_attention(q, k, v, alpha=alpha, n_iter=2)
+    assert torch.equal(two, kernels.triton_entmax_attention(q, k, v, alpha=alpha, n_iter=40))
+
+
+@pytest.mark.parametrize("name", list(MAPS))
+def test_support_crowded_into_one_key_class(name: str) -> None:
+    # Keys 0, 16, 32, ... (one class mod block_n = 16) lie along the queries' common
+    # direction and score far above the rest, so most of a row's support is in one class,
+    # of which the candidates keep two entries: their threshold is a loose bound, and the
+    # Newton passes must do the work.
+    normalizer, alpha, kernel_alpha = MAPS[name]
+    gen = torch.Generator().manual_seed(13)
+    direction = 2 * torch.nn.functional.normalize(torch.randn(16, generator=gen), dim=0)
+    q = direction + 0.3 * torch.randn(1, 2, 24, 16, generator=gen)
+    k = torch.randn(1, 2, 160, 16, generator=gen)
+    k[:, :, ::16] = 2 * direction + 0.3 * k[:, :, ::16]
+    v = torch.randn(1, 2, 160, 16, generator=gen)
+    weights = blockwise_attention(
+        q.double(),
+        k.double(),
+        torch.eye(160, dtype=torch.float64).expand(1, 2, -1, -1),
+        normalizer=normalizer,
+        alpha=alpha,
+    )
+    # The premise: every row's support holds more than two keys of the crowded class.
+    assert bool(((weights[..., ::16] > 0).sum(dim=-1) > 2).all())
+    q, k, v = (x.to(DEVICE) for x in (q, k, v))
+    ours = kernels.triton_entmax_attention(q, k, v, alpha=kernel_alpha, block_n=16)
+    exact = blockwise_attention(
+        q.double(), k.double(), v.double(), normalizer=normalizer, alpha=alpha
+    )
+    torch.testing.assert_close(ours.double(), exact, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(MAPS))
+def test_uniform_and_near_uniform_rows(name: str) -> None:
+    # Equal scores (q = 0) give every key 1 / n_k; tiny scores a support of all keys.
+    _, alpha, kernel_alpha = MAPS[name]
+    normalizer = MAPS[name][0]
+    q, k, v = (x.detach() for x in _inputs(1, 2, 20, 300, 32, seed=14))
+    for factor in (0.0, 1e-3):
+        scaled = q * factor
+        ours = kernels.triton_entmax_attention(scaled, k, v, alpha=kernel_alpha)
+        exact = blockwise_attention(
+            scaled.double(), k.double(), v.double(), normalizer=normalizer, alpha=alpha
+        )
+        torch.testing.assert_close(ours.double(), exact, atol=2e-6, rtol=0)
+
+
 def _relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
     return ((got.double() - exact).norm() / exact.norm()).item()
 
