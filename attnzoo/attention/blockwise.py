@@ -37,7 +37,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .entmax import LOW_PRECISION, _maybe_any, _row_denominator, _shift_, _solve_rows, check_alpha
+from .entmax import (
+    DEVICE_BLOCK,
+    LOW_PRECISION,
+    _maybe_any,
+    _row_denominator,
+    _shift_,
+    _solve_rows,
+    check_alpha,
+)
 from .validation import (
     check_bool_mask,
     check_broadcastable_to,
@@ -53,8 +61,14 @@ BLOCKWISE_NORMALIZERS: dict[str, float | None] = {"sparsemax": 2.0, "entmax15": 
 
 # Entries of one tile buffer (scores of all batch entries and heads for a few query rows).
 # Four such float buffers (16 MiB in float32) stay in a CPU's last-level cache between the
-# passes over a tile, and a tile is still large enough for efficient matrix products.
+# passes over a tile, and a tile is still large enough for efficient matrix products. On
+# an accelerator, tiles as large as the blocks of the normalisers (fewer kernel launches).
 _TILE_ENTRIES = 1 << 20
+
+
+def tile_entries(device: torch.device) -> int:
+    """Entries of one tile buffer on ``device``."""
+    return _TILE_ENTRIES if device.type == "cpu" else DEVICE_BLOCK
 
 
 def blockwise_attention(
@@ -131,7 +145,7 @@ def blockwise_attention(
         return v.new_zeros(*lead, n_q, d_v)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if block_size is None:
-        block_size = _TILE_ENTRIES // max(1, batch * n_k)
+        block_size = tile_entries(q.device) // max(1, batch * n_k)
     block_size = max(1, min(block_size, n_q))
     compute = torch.float32 if q.dtype in LOW_PRECISION else q.dtype
     qf, kf, vf = (x.to(compute).reshape(batch, *x.shape[-2:]) for x in (q, k, v))

@@ -798,3 +798,17 @@ def test_sort_free_thresholds_with_ties_and_single_entries(name):
     for x in (rows, rows[:, :1], rows.repeat(1, 300)):
         value, grad = _max_diffs(PAIRS[name], x, -1)
         assert value <= PARITY_TOL and grad <= PARITY_TOL
+
+
+def test_row_blocks_are_larger_on_an_accelerator():
+    # On the CPU the scratch of a block stays in cache; elsewhere larger blocks mean fewer
+    # kernel launches. The meta device stands in for an accelerator (no data is touched).
+    from attnzoo.attention.entmax import DEVICE_BLOCK, _row_blocks, block_entries
+
+    assert block_entries(torch.device("cpu")) < DEVICE_BLOCK
+    assert block_entries(torch.device("meta")) == DEVICE_BLOCK
+    rows = 3 * block_entries(torch.device("cpu")) // 1024
+    cpu_blocks = list(_row_blocks(torch.empty(rows, 1024, device="cpu"), 1))
+    meta_blocks = list(_row_blocks(torch.empty(rows, 1024, device="meta"), 1))
+    assert (len(cpu_blocks), len(meta_blocks)) == (3, 1)
+    assert meta_blocks[0][0] == slice(0, rows)
