@@ -45,6 +45,7 @@ from .entmax import (
     _shift_,
     _solve_rows,
     check_alpha,
+    triton_installed,
 )
 from .validation import (
     check_bool_mask,
@@ -122,9 +123,7 @@ def blockwise_attention(
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"`backend` must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "triton" or (backend == "auto" and q.is_cuda):
-        import importlib.util  # triton is optional: import its kernels only when asked for
-
-        if importlib.util.find_spec("triton") is None:
+        if not triton_installed():  # triton is optional: its kernels only when asked for
             if backend == "triton":
                 raise ValueError("backend='triton' needs the `triton` package, not installed")
         else:

@@ -34,6 +34,8 @@ fresh tensor of tens of MiB costs more in page faults than several passes of ari
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from typing import Any
 
@@ -854,11 +856,24 @@ def _solve_rows(
         _alpha_entmax_newton(z, alpha - 1, u, w, flags)
 
 
+@functools.cache
+def triton_installed() -> bool:
+    """Whether the optional ``triton`` package is importable (its kernels are imported
+    lazily, for CUDA tensors only)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _normalize(x: Tensor, alpha: Tensor | float) -> Tensor:
     """alpha-entmax of ``x`` ``(..., n)`` along the last axis, as a new tensor.
 
-    ``alpha``: a float or ``(..., 1)``.
+    ``alpha``: a float or ``(..., 1)``. CUDA rows that the Triton row kernel takes (see
+    :mod:`~attnzoo.attention.triton_rows`) go to it: one read and one write per row.
     """
+    if x.is_cuda and triton_installed():
+        from . import triton_rows
+
+        if triton_rows.rows_unsupported(x, alpha) is None:
+            return triton_rows.entmax_rows(x, alpha)
     p, empty = _shifted_rows(x, alpha - 1)
     alpha_rows = alpha.reshape(-1, 1) if isinstance(alpha, Tensor) else alpha
     for rows, scratch, (flags,) in _row_blocks(p, 2, 1):

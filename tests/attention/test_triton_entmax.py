@@ -7,11 +7,9 @@ query blocks, key tiles, ragged edges and the tile lists are exercised).
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
-from types import ModuleType
 
 import pytest
 import torch
@@ -19,37 +17,9 @@ import torch
 pytest.importorskip("triton")
 
 from attnzoo.attention.blockwise import blockwise_attention
+from tests.triton_interpreter import load_kernels
 
-
-def _kernels() -> ModuleType:
-    """The kernel module, built for the interpreter when there is no GPU.
-
-    ``triton.jit`` chooses between compiled and interpreted kernels when it decorates them,
-    reading TRITON_INTERPRET at that moment (not when ``triton`` itself was imported). So
-    setting the variable just around this module's import is enough even if ``triton`` was
-    imported earlier in the test run; if the module was already imported with compiled
-    kernels (by another test going through ``blockwise_attention``), reloading it
-    decorates its kernels again, now for the interpreter. The variable is restored
-    afterwards so no other test sees it.
-    """
-    if torch.cuda.is_available():
-        return importlib.import_module("attnzoo.attention.triton_entmax")
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = importlib.import_module("attnzoo.attention.triton_entmax")
-        if not module.INTERPRETED:
-            module = importlib.reload(module)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-    assert module.INTERPRETED
-    return module
-
-
-kernels = _kernels()
+kernels = load_kernels("attnzoo.attention.triton_entmax")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # float32 against float32: different summation orders and thresholds found by different
 # iterations; measured differences are below 3e-6 (and closer to float64 than the torch
