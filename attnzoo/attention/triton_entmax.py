@@ -90,7 +90,8 @@ _GENERAL, _ENTMAX15, _SPARSEMAX = 0, 1, 2
 # shared memory, well within an H100's 228 KiB, as in Triton's fused-attention tutorial.
 BLOCK_M = 64
 BLOCK_N = 64
-# Iterations of the threshold on the BLOCK_N candidates of a row (see the forward kernel).
+# Iterations of the threshold on the 2 * BLOCK_N candidates of a row (see the forward
+# kernel): in registers, far cheaper than a pass over the keys.
 CANDIDATE_STEPS = 6
 _TINY = 1.1754943508222875e-38  # smallest normal float32
 
@@ -283,6 +284,7 @@ def _newton_update(tau, sum_w, sum_s, sum_u, size, low, am1, KIND: tl.constexpr)
         offset = mu - tl.sqrt(tl.maximum(gap, 0.0))
         certified = (size > 0) & (gap >= 0) & (low >= offset)
     else:
+        # A general alpha has no closed-form root on a support: never certified here.
         offset = step - tau
         certified = size < 0
     return step, tau + tl.maximum(offset, 0.0), certified
