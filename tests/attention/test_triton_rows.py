@@ -37,9 +37,10 @@ def _scores(shape: tuple[int, ...], seed: int, scale: float = 2.0) -> torch.Tens
 
 
 @pytest.mark.parametrize("name", list(MAPS))
-@pytest.mark.parametrize("n", [1, 7, 50, 300])
+@pytest.mark.parametrize("n", [1, 7, 50, 300, 5000, 8192])
 def test_matches_float64(name: str, n: int) -> None:
-    # 2 x 5 rows: several rows per program for short rows, a ragged last program.
+    # 2 x 5 rows: several rows per program for short rows, a ragged last program; one row
+    # per program up to the longest row the kernel takes.
     x = _scores((2, 5, n), seed=n)
     ours = rows.entmax_rows(x, MAPS[name])
     assert ours.shape == x.shape and ours.dtype == torch.float32
