@@ -38,12 +38,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .entmax import (
-    DEVICE_BLOCK,
     LOW_PRECISION,
     _maybe_any,
     _row_denominator,
     _shift_,
     _solve_rows,
+    block_entries,
     check_alpha,
     triton_installed,
 )
@@ -59,17 +59,6 @@ from .validation import (
 
 # The fixed alpha of each normaliser; "entmax" takes it from the caller.
 BLOCKWISE_NORMALIZERS: dict[str, float | None] = {"sparsemax": 2.0, "entmax15": 1.5, "entmax": None}
-
-# Entries of one tile buffer (scores of all batch entries and heads for a few query rows).
-# Four such float buffers (16 MiB in float32) stay in a CPU's last-level cache between the
-# passes over a tile, and a tile is still large enough for efficient matrix products. On
-# an accelerator, tiles as large as the blocks of the normalisers (fewer kernel launches).
-_TILE_ENTRIES = 1 << 20
-
-
-def tile_entries(device: torch.device) -> int:
-    """Entries of one tile buffer on ``device``."""
-    return _TILE_ENTRIES if device.type == "cpu" else DEVICE_BLOCK
 
 
 def blockwise_attention(
@@ -144,7 +133,11 @@ def blockwise_attention(
         return v.new_zeros(*lead, n_q, d_v)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if block_size is None:
-        block_size = tile_entries(q.device) // max(1, batch * n_k)
+        # A tile buffer holds the scores of all batch entries and heads for a few query
+        # rows, as many entries as a block of the normalisers: on a CPU four such float
+        # buffers (16 MiB in float32) stay in the last-level cache between the passes over
+        # a tile, and a tile is still large enough for efficient matrix products.
+        block_size = block_entries(q.device) // max(1, batch * n_k)
     block_size = max(1, min(block_size, n_q))
     compute = torch.float32 if q.dtype in LOW_PRECISION else q.dtype
     qf, kf, vf = (x.to(compute).reshape(batch, *x.shape[-2:]) for x in (q, k, v))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.attention import entmax as ours_entmax
-from attnzoo.attention.blockwise import blockwise_attention, tile_entries
+from attnzoo.attention.blockwise import blockwise_attention
 from attnzoo.attention.functional import attend
 from attnzoo.attention.normalizers import softmax
 
@@ -152,7 +152,7 @@ def _attention_params(ctx: Context, n: int, path: str) -> dict[str, object]:
     mib = 4 / 2**20
     dense = batch * heads * n * n * mib
     if path == "blockwise":
-        rows = max(1, min(n, tile_entries(ctx.device) // (batch * heads * n)))
+        rows = max(1, min(n, ours_entmax.block_entries(ctx.device) // (batch * heads * n)))
         # Four tile buffers in the backward pass (three forward), plus per-row thresholds.
         extra = 4 * batch * heads * rows * n * mib + batch * heads * n * mib
     else:
