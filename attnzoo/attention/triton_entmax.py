@@ -93,7 +93,6 @@ BLOCK_N = 64
 # Iterations of the threshold on the 2 * BLOCK_N candidates of a row (see the forward
 # kernel): in registers, far cheaper than a pass over the keys.
 CANDIDATE_STEPS = 6
-_TINY = 1.1754943508222875e-38  # smallest normal float32
 
 
 # ----------------------------------------------------------------------------------
