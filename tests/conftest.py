@@ -14,6 +14,11 @@ settings.register_profile("default", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
+# cuDNN runs float32 convolutions in TF32 unless told otherwise (a 1e-3 relative error);
+# the float32 tolerances in these tests are for IEEE float32 arithmetic on every device.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -1,7 +1,8 @@
 """Tests of sliding-window attention against dense attention with the band mask.
 
-Tolerances: float64 results agree within 1e-10, float32 within 1e-5 (absolute);
-float16/bfloat16 smoke tests within 3e-2 of float32.
+Tolerances: float64 results agree within 1e-10, float32 within 1e-5 (absolute).
+float16/bfloat16 results are held to the error of dense attention run in the same dtype:
+both are measured against float64 on the same rounded inputs.
 """
 
 from __future__ import annotations
@@ -568,18 +569,30 @@ class TestErrors:
             sliding_window_attention(q, k, v, before=1, after=1, normalizer="nope")
 
 
+def assert_low_precision_error(out, args, before, after, mask, normalizer):
+    """``out`` is within twice the error of band-masked dense attention in the same dtype.
+
+    ``args`` are the low-precision q, k, v. The reference is float64 attention on those
+    very values, so rounding the inputs (which moves a bfloat16 sparsemax output by 3e-2)
+    counts against neither side.
+    """
+    exact, _ = dense_reference(*(x.double() for x in args), before, after, mask, normalizer)
+    dense, _ = dense_reference(*args, before, after, mask, normalizer)
+    assert out.dtype == args[0].dtype and torch.isfinite(out).all()
+    baseline = max_diff(dense.double(), exact)
+    assert 0 < baseline
+    assert max_diff(out.double(), exact) <= 2 * baseline
+
+
 class TestLowPrecision:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     @pytest.mark.parametrize("normalizer", ["softmax", "sparsemax"])
-    def test_half_precision_close_to_float32(self, dtype, normalizer):
-        q, k, v = qkv(n=37, dtype=torch.float32, seed=8)
-        mask = padding_mask(2, 37, seed=8)
-        ref = sliding_window_attention(q, k, v, before=3, after=2, mask=mask, normalizer=normalizer)
-        low = sliding_window_attention(
-            *(x.to(dtype) for x in (q, k, v)), before=3, after=2, mask=mask, normalizer=normalizer
-        )
-        assert low.dtype == dtype
-        assert max_diff(low.float(), ref) <= 3e-2
+    def test_half_precision_as_close_as_dense(self, dtype, normalizer):
+        q, k, v = qkv(n=300, d=16, dtype=torch.float32, seed=9)
+        mask = padding_mask(2, 300, seed=9)
+        args = [x.to(dtype) for x in (q, k, v)]
+        out = sliding_window_attention(*args, before=17, after=5, mask=mask, normalizer=normalizer)
+        assert_low_precision_error(out, args, 17, 5, mask, normalizer)
 
 
 @settings(max_examples=30, deadline=None)
@@ -610,16 +623,17 @@ class TestCuda:
         q, k, v = qkv(n=300, d=16, dtype=torch.float32, seed=9, device="cuda")
         mask = padding_mask(2, 300, seed=9).cuda()
         mask[1] = False
-        ref, _ = dense_reference(q, k, v, 17, 5, mask, normalizer)
         args = [x.to(dtype) for x in (q, k, v)]
         out = sliding_window_attention(*args, before=17, after=5, mask=mask, normalizer=normalizer)
         _, band = sliding_window_attention(
             *args, before=17, after=5, mask=mask, normalizer=normalizer, return_weights=True
         )
-        assert out.device.type == "cuda" and out.dtype == dtype
-        assert torch.isfinite(out).all() and torch.isfinite(band).all()
-        tol = 1e-5 if dtype == torch.float32 else 3e-2
-        assert max_diff(out.float(), ref) <= tol
+        assert out.device.type == "cuda" and torch.isfinite(band).all()
+        if dtype == torch.float32:
+            ref, _ = dense_reference(q.double(), k.double(), v.double(), 17, 5, mask, normalizer)
+            assert max_diff(out.double(), ref) <= 1e-5
+        else:
+            assert_low_precision_error(out, args, 17, 5, mask, normalizer)
 
     def test_module_on_cuda_backward(self):
         module = SlidingWindowAttention(32, 4, 8, 8).cuda()
