@@ -20,18 +20,16 @@ this key map (per layer, ``encoder.layer.{i}.`` prefix dropped)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .entmax import MIN_ALPHA, EntmaxAlpha
 from .functional import attend, padding_mask_to_attention_mask
 from .normalizers import Normalizer, get_normalizer
 from .positional import ALiBi, RotaryEmbedding, check_position
+from .projection import project, project_jointly
 from .validation import (
     check_bool_mask,
     check_int,
@@ -108,7 +106,7 @@ class AttentionProjections(nn.Module):
         """An attention result ``(batch, heads, n, dim_head)`` (or ``(out, weights)``) with
         its heads merged and projected by ``out``: ``(batch, n, dim)`` (or ``(out, weights)``)."""
         out, weights = result if isinstance(result, tuple) else (result, None)
-        out = self.out(out.transpose(1, 2).flatten(2))
+        out = project(out.transpose(1, 2).flatten(2), self.out)
         return (out, weights) if weights is not None else out
 
 
@@ -321,122 +319,6 @@ def resolve_dim_head(dim: int, heads: int, dim_head: int | None) -> int:
             )
         return dim // heads
     return check_int(dim_head, "dim_head")
-
-
-def project_jointly(x: Tensor, linears: Sequence[nn.Module]) -> list[Tensor]:
-    """``[linear(x) for linear in linears]``, computed as one matrix product at inference.
-
-    A self-attention layer projects the same input three times (queries, keys, values);
-    while decoding one token at a time each product is tiny and its launch cost, not its
-    arithmetic, is what counts, so one product over the stacked weights is faster (as in
-    GPT-2's ``c_attn``). The modules and their parameters stay as they are: on the first
-    call that may fuse, the weights (and biases) are moved, values unchanged, into one
-    contiguous block that the parameters are views of (``param.data`` re-pointed; the same
-    ``Parameter`` objects, state-dict keys and shapes, no memory held beside them); later
-    calls read the block through the parameters. Anything that separates the parameters
-    again (``.to()``, ``load_state_dict(..., assign=True)``, a new module) is seen by
-    comparing storage addresses, and the block is rebuilt at the next fusing call.
-
-    The joint product is used only when it cannot change what the caller observes: autograd
-    off (``torch.no_grad()`` or inference mode), not compiling or tracing, every module a
-    plain :class:`torch.nn.Linear` with the same input width, all with or all without
-    bias, distinct plain ``Parameter`` weights of one dtype and device, and no forward
-    hooks on any of them (nor global module hooks). Otherwise each module is called.
-
-    Args:
-        x: ``(..., in_features)``.
-        linears: the modules to apply to ``x``.
-
-    Returns:
-        one tensor ``(..., out_features_i)`` per module, in order (views of one joint
-        output when fused).
-    """
-    if not _may_fuse(linears):
-        return [linear(x) for linear in linears]
-    plain = [cast(nn.Linear, linear) for linear in linears]  # _may_fuse checked the types
-    weights = [linear.weight for linear in plain]
-    biases = [linear.bias for linear in plain if linear.bias is not None]  # all or none
-    out = F.linear(x, _joint(weights), _joint(biases) if biases else None)
-    return list(out.split([w.shape[0] for w in weights], dim=-1))
-
-
-def _may_fuse(linears: Sequence[nn.Module]) -> bool:
-    """Whether :func:`project_jointly` may replace the calls of ``linears`` by one product."""
-    if (
-        len(linears) < 2
-        or torch.is_grad_enabled()
-        or torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or _global_module_hooks()
-    ):
-        return False
-    first = linears[0]
-    if type(first) is not nn.Linear or first.weight.device.type == "meta":
-        return False
-    seen: set[int] = set()
-    for linear in linears:
-        if (
-            type(linear) is not nn.Linear
-            or linear._forward_hooks
-            or linear._forward_pre_hooks
-            or linear.in_features != first.in_features
-            or (linear.bias is None) != (first.bias is None)
-        ):
-            return False
-        for param in (linear.weight, linear.bias):
-            if param is None:
-                continue
-            if type(param) is not nn.Parameter or id(param) in seen:
-                return False
-            if param.dtype != first.weight.dtype or param.device != first.weight.device:
-                return False
-            seen.add(id(param))
-    return True
-
-
-def _global_module_hooks() -> bool:
-    """Whether hooks registered for every module (``register_module_forward_hook``...) exist."""
-    hooks = nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks)
-
-
-def _joint(params: Sequence[Tensor]) -> Tensor:
-    """The rows of ``params`` as one tensor whose storage they share, packing them first
-    if they do not lie back to back in one storage yet."""
-    joint = _stacked_rows(params)
-    return joint if joint is not None else _pack(params)
-
-
-def _stacked_rows(tensors: Sequence[Tensor]) -> Tensor | None:
-    """The tensor whose rows are those of ``tensors`` in order, as a view of their shared
-    storage, if they lie that way (contiguous, back to back, in one storage); else None."""
-    first = tensors[0]
-    storage = first.untyped_storage().data_ptr()
-    end = first.data_ptr()
-    rows = 0
-    for t in tensors:
-        if (
-            t.shape[1:] != first.shape[1:]
-            or not t.is_contiguous()
-            or t.untyped_storage().data_ptr() != storage
-            or t.data_ptr() != end
-        ):
-            return None
-        end += t.numel() * t.element_size()
-        rows += t.shape[0]
-    return first.as_strided((rows, *first.shape[1:]), first.stride())
-
-
-def _pack(params: Sequence[Tensor]) -> Tensor:
-    """Copy ``params`` into one new contiguous block, make each a view of its rows, and
-    return the block."""
-    # Outside inference mode, so that the block is an ordinary tensor that training can
-    # use later; without autograd, since only storage moves.
-    with torch.inference_mode(False), torch.no_grad():
-        block = torch.cat([p.detach() for p in params])
-        for param, rows in zip(params, block.split([p.shape[0] for p in params]), strict=True):
-            param.data = rows
-    return block
 
 
 def xavier_init_(*linears: nn.Linear) -> None:

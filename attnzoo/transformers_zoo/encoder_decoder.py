@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.projection import project
 from ..attention.validation import check_int, check_rank, check_token_ids
 from .bert import HF_TO_ZOO_RULES as BERT_HF_TO_ZOO_RULES
 from .bert import BertConfig, BertEmbeddings, BertHeads, BertModel
@@ -501,7 +502,7 @@ class GPT2Decoder(nn.Module):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        return _decoder_output(self.lm_head(out.last_hidden_state), out)
+        return _decoder_output(project(out.last_hidden_state, self.lm_head), out)
 
 
 DECODER_CLASSES: dict[str, type[BertDecoder] | type[GPT2Decoder]] = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.projection import project
 from ..attention.validation import check_int, check_min_rank, check_probability, check_size
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "geglu")
@@ -79,7 +80,8 @@ class FeedForward(nn.Module):
         """``(batch, seq, dim) -> (batch, seq, dim)`` (any leading axes work)."""
         check_min_rank(x, 1, "x", "(..., dim)")
         check_size(x, -1, self.dim, "x", "dim")
-        return self.output(self.dropout(self._activate(self.intermediate(x))))
+        hidden = self._activate(project(x, self.intermediate))
+        return project(self.dropout(hidden), self.output)
 
     def _activate(self, h: Tensor) -> Tensor:
         if self.activation == "geglu":

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.projection import project
 from ..attention.validation import check_int, check_probability, check_rank
 from .checkpoints import PretrainedMixin, hf_activation, hf_attention_mask, rename_keys
 from .embeddings import LearnedPositionalEmbedding, TokenEmbedding
@@ -579,7 +580,7 @@ class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(out.last_hidden_state)
+        logits = project(out.last_hidden_state, self.lm_head)
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
@@ -673,7 +674,7 @@ class GPT2LMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
         )
         # Only the last position's logits are needed: the vocabulary projection, the
         # largest matrix of the model, runs on one row per sequence, also for the prompt.
-        return self.lm_head(out.last_hidden_state[:, -1]), state
+        return project(out.last_hidden_state[:, -1], self.lm_head), state
 
 
 # ---------------------------------------------------------------------------------------

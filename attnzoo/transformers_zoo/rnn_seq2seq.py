@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..attention.projection import project
 from ..attention.rnn_attention import (
     LOCAL_MODES,
     LUONG_SCORES,
@@ -376,7 +377,7 @@ class RNNSeq2Seq(nn.Module):
             feed = features if c.input_feeding else None
         else:
             features = output
-        logits = self.lm_head(self.dropout(features))
+        logits = project(self.dropout(features), self.lm_head)
         new_state = replace(state, hidden=hidden, cell=cell, feed=feed, position=state.position + 1)
         return logits, new_state, weights
 
@@ -446,7 +447,7 @@ class RNNSeq2Seq(nn.Module):
                 # Local-m's default positions for n_q queries are the steps 0..tgt_len-1.
                 context, attentions = self._attend(outputs, state, None)
                 outputs = self.attentional_hidden(context, outputs)
-            out = self.lm_head(self.dropout(outputs))
+            out = project(self.dropout(outputs), self.lm_head)
         if return_attentions:
             return Seq2SeqOutput(out, attentions)
         return out

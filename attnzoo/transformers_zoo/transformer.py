@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention import projection
 from ..attention.validation import check_bool_mask, check_int, check_rank
 from . import generation
 from .embeddings import Embeddings
@@ -171,8 +171,8 @@ class Transformer(nn.Module):
     def project(self, hidden: Tensor) -> Tensor:
         """Decoder states ``(..., decoder.dim)`` -> logits ``(..., tgt_vocab_size)``."""
         if self.lm_head is not None:
-            return self.lm_head(hidden)
-        return F.linear(hidden, self.tgt_embeddings.word_embeddings.weight)
+            return projection.project(hidden, self.lm_head)
+        return projection.linear(hidden, self.tgt_embeddings.word_embeddings.weight)
 
     def forward(
         self,

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention.projection import project
 from ..attention.validation import (
     check_int,
     check_probability,
@@ -612,7 +613,7 @@ class XLMWithLMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.pred_layer(out.last_hidden_state)
+        logits = project(out.last_hidden_state, self.pred_layer)
         loss = None
         if labels is not None:
             _check_like(labels, input_ids, "labels")
@@ -710,7 +711,7 @@ class XLMWithLMHeadModel(GenerationMixin, PretrainedMixin, nn.Module):
         masked_langs = None if langs is None else F.pad(langs, (0, 1), value=state["lang_id"])
         # No attention_mask: the lengths come from pad_index, as in Hugging Face's generate.
         hidden = self.transformer(masked, langs=masked_langs).last_hidden_state
-        logits = self.pred_layer(hidden[:, -1])
+        logits = project(hidden[:, -1], self.pred_layer)
         return logits, {**state, "tokens": tokens, "langs": langs, "first": False}
 
     @classmethod

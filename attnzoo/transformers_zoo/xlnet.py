@@ -93,6 +93,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.normalizers import masked_normalize
+from ..attention.projection import project
 from ..attention.relative import sinusoidal_relative_encoding
 from ..attention.validation import (
     check_int,
@@ -883,7 +884,7 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
             mems=mems,
             use_mems=use_mems,
         )
-        logits = self.lm_loss(out.last_hidden_state)
+        logits = project(out.last_hidden_state, self.lm_loss)
         loss = None
         if labels is not None:
             check_tensor(labels, "labels")
@@ -962,7 +963,7 @@ class XLNetLMHeadModel(GenerationMixin, XLNetPreTrainedModel):
             mems=mems,
             use_mems=use_mems,
         )
-        logits = self.lm_loss(out.last_hidden_state[:, 0])
+        logits = project(out.last_hidden_state[:, 0], self.lm_loss)
         return logits, {"tokens": tokens, "mems": out.mems, "first": False}
 
     @classmethod

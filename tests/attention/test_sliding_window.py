@@ -580,7 +580,7 @@ def assert_low_precision_error(out, args, before, after, mask, normalizer):
     dense, _ = dense_reference(*args, before, after, mask, normalizer)
     assert out.dtype == args[0].dtype and torch.isfinite(out).all()
     baseline = max_diff(dense.double(), exact)
-    assert 0 < baseline
+    assert baseline > 0
     assert max_diff(out.double(), exact) <= 2 * baseline
 
 

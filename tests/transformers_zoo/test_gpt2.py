@@ -206,6 +206,39 @@ def test_kv_cache_matches_uncached_forward(pair):
     assert len(cache[0].self_attention) == 9
 
 
+def test_cpu_decoding_route_matches_the_plain_products(tmp_path, monkeypatch):
+    # Widths at which the joint q/k/v product, both feed-forward products and the
+    # vocabulary projection are large enough for the CPU decoding route of
+    # attnzoo.attention.projection; the reference runs with autograd on, where every
+    # module is called as usual (F.linear).
+    from attnzoo.attention import projection
+
+    hf = hf_lm(vocab_size=1200, n_embd=448, n_layer=2, n_head=4)
+    hf.save_pretrained(tmp_path)
+    ours = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    routed = []
+    for name in ("_one_row", "_few_rows"):
+        original = getattr(projection, name)
+        monkeypatch.setattr(
+            projection, name, lambda *a, _f=original, _n=name: routed.append(_n) or _f(*a)
+        )
+    torch.manual_seed(2)
+    for batch, route in ((1, "_one_row"), (3, "_few_rows")):
+        ids = torch.randint(6, 1200, (batch, 7))
+        reference = ours(ids).logits.detach()
+        with torch.no_grad():
+            cache = ours.new_cache()
+            steps = [ours(ids[:, t : t + 1], past_key_values=cache).logits for t in range(7)]
+            expected = hf(ids).logits
+        scale = reference.abs().max()
+        assert (torch.cat(steps, dim=1) - reference).abs().max() <= 2e-6 * scale
+        assert (expected - reference).abs().max() <= 2e-6 * scale
+        # Per step: three per layer (joint q/k/v, feed-forward in and out), one vocabulary.
+        assert routed.count(route) == 7 * (3 * 2 + 1)
+    got = ours.generate(ids, max_new_tokens=8, pad_token_id=0)
+    assert torch.equal(got, hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0))
+
+
 def count_forwards(model):
     calls = []
     handle = model.transformer.register_forward_hook(lambda *_: calls.append(1))
