@@ -112,6 +112,7 @@ def gradient_case():
         "autograd",
         "one thread",
         "empty input",
+        "wrong width",
     ],
 )
 def test_other_calls_are_plain_f_linear(monkeypatch, case):
@@ -133,6 +134,11 @@ def test_other_calls_are_plain_f_linear(monkeypatch, case):
         n_threads = 1
     elif case == "empty input":
         x = torch.randn(0, IN)
+    elif case == "wrong width":
+        x = torch.randn(1, 2 * IN)  # as many entries as two rows: F.linear's error
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            linear(x, weight, bias)
+        return
     with threads(n_threads), counting_routes(monkeypatch) as calls:
         got = linear(x, weight, bias)
     assert sum(calls.values()) == 0
