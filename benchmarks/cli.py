@@ -90,7 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
-        "--quick", action="store_true", help="fewer, smaller sizes (about a minute on CPU)"
+        "--quick",
+        action="store_true",
+        help="fewer, smaller sizes (about 2.5 minutes on 2 CPU cores)",
     )
     size.add_argument(
         "--tiny",
