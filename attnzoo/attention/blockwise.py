@@ -100,9 +100,9 @@ def blockwise_attention(
             :mod:`attnzoo.attention.triton_entmax`; an unsupported call raises, naming what
             is unsupported) or ``"auto"``: Triton for CUDA tensors when it is installed and
             supports the call (``(batch, heads, n, d)`` with d in 16/32/64/128, ``d_v = d``,
-            alpha <= 2 as a float or one per head not requiring grad, no mask or a
-            key-padding mask ``(batch, 1, 1, n_k)``), else torch. ``block_size`` is ignored
-            by Triton.
+            alpha <= 2 as a float or one per head, learnable only in float16/bfloat16, no
+            mask or a key-padding mask ``(batch, 1, 1, n_k)``), else torch. ``block_size``
+            is ignored by Triton.
 
     Returns:
         ``(..., n_q, d_v)``, in the dtype of ``q`` (float16/bfloat16 are computed in
@@ -111,7 +111,16 @@ def blockwise_attention(
     alpha_value = _check_inputs(q, k, v, normalizer, alpha, mask, causal, scale, block_size)
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"`backend` must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "triton" or (backend == "auto" and q.is_cuda):
+    # Under "auto" a learnable alpha in float32 stays on the torch tiles: compiled for an
+    # H100 (sm_90), the kernel variant that also gives the alpha gradient spills 12 KB of
+    # registers per thread with exact float32 products, against 0.2 KB in half precision.
+    learned_float32 = (
+        isinstance(alpha, Tensor)
+        and alpha.requires_grad
+        and torch.is_grad_enabled()
+        and q.dtype == torch.float32
+    )
+    if backend == "triton" or (backend == "auto" and q.is_cuda and not learned_float32):
         if not triton_installed():  # triton is optional: its kernels only when asked for
             if backend == "triton":
                 raise ValueError("backend='triton' needs the `triton` package, not installed")

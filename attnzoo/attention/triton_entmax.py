@@ -47,12 +47,16 @@ is needed (one more tile product there instead of a separate pass over all keys 
 backward). Then one kernel per query block forms ``delta`` and ``dQ = scale * dS K`` over
 the block's list of surviving tiles, and one per key tile ``dK = scale * dS^T Q`` and
 ``dV = P^T dO`` over the query blocks that flagged it, so no atomics are needed and the
-gradients are deterministic.
+gradients are deterministic. A learnable alpha (a tensor that requires grad) compiles a
+forward variant whose output pass also sums ``w ln u`` and ``w ln u v_j`` per row (one
+more tile product); the gradient in alpha is then a few row dots in torch
+(:func:`_alpha_gradient`).
 
 Memory beyond the inputs: the output, five floats per query row, one int32 and one int8
 per (query block, key tile) for the tile lists and flags (``n_q * n_k / (block_m *
 block_n)`` each, 4 KiB and 1 KiB per head at n = 4096), and when a gradient is needed
-``sum_j s_ij v_j`` (the size of the output, float32).
+``sum_j s_ij v_j`` (the size of the output, float32); a learnable alpha adds as much again
+and one float per query row.
 
 Kernels run on CUDA tensors. With ``TRITON_INTERPRET=1`` in the environment when this
 module is first imported, Triton's interpreter runs them on CPU tensors instead (slow;
@@ -305,6 +309,19 @@ def _output_tile(z, c, vt, acc, acc_s, norm_sum, den, r, KIND, NEED_S, PRECISION
 
 
 @triton.jit
+def _log_weight_tile(z, c, vt, acc_l, ent, r, PRECISION: tl.constexpr):
+    """Add one key tile's ``w ln u`` (``u = [z - c]_+``, ``w = u ** r``, 0 off the support)
+    times its values ``vt`` to ``acc_l``, and its row sums to ``ent``: the sums the gradient
+    in alpha needs (see :func:`_alpha_gradient`)."""
+    u = tl.maximum(z - c[:, None], 0.0)
+    lg = tl.log2(tl.maximum(u, 1.1754943508222875e-38))
+    wl = tl.where(u > 0, tl.exp2(r * lg) * (lg * 0.6931471805599453), 0.0)
+    acc_l += tl.dot(wl.to(vt.dtype), vt, input_precision=PRECISION)
+    ent += _sum(wl, axis=1)
+    return acc_l, ent
+
+
+@triton.jit
 def _load_rows(base, offs_n, offs_d, n_k, HEAD_DIM: tl.constexpr):
     """Rows ``offs_n`` of a ``(n_k, HEAD_DIM)`` matrix, ``(BLOCK_N, HEAD_DIM)``, zeros past
     ``n_k``."""
@@ -326,6 +343,8 @@ def _entmax_fwd(
     ROW_TAU,
     ROW_INVZ,
     ROW_DEN,
+    OUT_L,
+    ROW_ENT,
     TILES,
     COUNTS,
     FLAGS,
@@ -340,6 +359,7 @@ def _entmax_fwd(
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
     NEED_S: tl.constexpr,
+    ALPHA_GRAD: tl.constexpr,
     CANDIDATE_STEPS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -475,6 +495,8 @@ def _entmax_fwd(
     acc_s = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     norm_sum = tl.full([BLOCK_M], 0.0, tl.float32)
     den = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc_l = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
+    ent = tl.full([BLOCK_M], 0.0, tl.float32)
     tiles = TILES + (bh64 * m_blocks + pid_m) * n_tiles
     flags = FLAGS + (bh64 * m_blocks + pid_m) * n_tiles
     kept = reach * 0
@@ -487,6 +509,8 @@ def _entmax_fwd(
         acc, acc_s, norm_sum, den, tile_w = _output_tile(
             z, c, vt, acc, acc_s, norm_sum, den, r, KIND, NEED_S, PRECISION
         )
+        if ALPHA_GRAD:
+            acc_l, ent = _log_weight_tile(z, c, vt, acc_l, ent, r, PRECISION)
         active = (_max(tile_w, axis=0) > 0).to(tl.int32)
         tl.store(tiles + kept, tile)
         tl.store(flags + tile, active.to(tl.int8))
@@ -506,6 +530,10 @@ def _entmax_fwd(
         s_ptrs = OUT_S + rows[:, None] * HEAD_DIM + offs_d[None, :]
         tl.store(s_ptrs, acc_s, mask=row_valid[:, None])
         tl.store(ROW_DEN + rows, den, mask=row_valid)
+    if ALPHA_GRAD:
+        l_ptrs = OUT_L + rows[:, None] * HEAD_DIM + offs_d[None, :]
+        tl.store(l_ptrs, acc_l, mask=row_valid[:, None])
+        tl.store(ROW_ENT + rows, ent, mask=row_valid)
 
 
 @triton.jit
@@ -706,11 +734,12 @@ class _Config:
         block_n: int,
         heads: int,
         need_grad: bool,
+        alpha_grad: bool,
     ) -> None:
         self.kind, self.causal, self.scale, self.n_iter = kind, causal, scale, n_iter
         self.block_m, self.block_n, self.heads = block_m, block_n, heads
         # Set outside the Function: inside its forward, grad mode is always off.
-        self.need_grad = need_grad
+        self.need_grad, self.alpha_grad = need_grad, alpha_grad
 
     def launch_options(self, dtype: torch.dtype, head_dim: int) -> dict[str, Any]:
         # float32 inputs: exact float32 products, as the torch path computes (no TF32).
@@ -732,8 +761,9 @@ class TritonEntmaxFunction(torch.autograd.Function):
     """Flash-style alpha-entmax attention (see :func:`triton_entmax_attention`).
 
     Inputs: contiguous ``q`` ``(B*H, n_q, d)``, ``k``, ``v`` ``(B*H, n_k, d)``, ``am1`` =
-    ``alpha - 1`` per head ``(H,)`` float32, the key-padding mask ``(B, n_k)`` as uint8 (or
-    None), a :class:`_Config`. Output ``(B*H, n_q, d)`` in the dtype of ``q``.
+    ``alpha - 1`` per head ``(H,)`` float32 (differentiable when ``cfg.alpha_grad``), the
+    key-padding mask ``(B, n_k)`` as uint8 (or None), a :class:`_Config`. Output
+    ``(B*H, n_q, d)`` in the dtype of ``q``.
     """
 
     @staticmethod
@@ -750,6 +780,8 @@ class TritonEntmaxFunction(torch.autograd.Function):
         row_m, row_tau, row_invz = (torch.empty(bh, n_q, dtype=f32, device=dev) for _ in range(3))
         out_s = torch.empty(bh, n_q, d, dtype=f32, device=dev) if need_s else row_m
         row_den = torch.empty(bh, n_q, dtype=f32, device=dev) if need_s else row_m
+        out_l = torch.empty(bh, n_q, d, dtype=f32, device=dev) if cfg.alpha_grad else row_m
+        row_ent = torch.empty(bh, n_q, dtype=f32, device=dev) if cfg.alpha_grad else row_m
         tiles = torch.empty(bh, m_blocks, n_tiles, dtype=torch.int32, device=q.device)
         counts = torch.empty(bh, m_blocks, dtype=torch.int32, device=q.device)
         flags = torch.empty(bh, m_blocks, n_tiles, dtype=torch.int8, device=q.device)
@@ -766,6 +798,8 @@ class TritonEntmaxFunction(torch.autograd.Function):
             row_tau,
             row_invz,
             row_den,
+            out_l,
+            row_ent,
             tiles,
             counts,
             flags,
@@ -778,12 +812,28 @@ class TritonEntmaxFunction(torch.autograd.Function):
             n_tiles,
             HAS_KPM=kpm is not None,
             NEED_S=need_s,
+            ALPHA_GRAD=cfg.alpha_grad,
             CANDIDATE_STEPS=CANDIDATE_STEPS,
             **cfg.launch_options(q.dtype, d),
         )
         if need_s:
+            # The output is saved through save_for_backward, never on ctx (a reference cycle).
+            alpha_sums = (out, out_l, row_ent) if cfg.alpha_grad else ()
             ctx.save_for_backward(
-                q, k, v, am1, kpm, row_m, row_tau, row_invz, out_s, row_den, tiles, counts, flags
+                q,
+                k,
+                v,
+                am1,
+                kpm,
+                row_m,
+                row_tau,
+                row_invz,
+                out_s,
+                row_den,
+                tiles,
+                counts,
+                flags,
+                *alpha_sums,
             )
         ctx.cfg = cfg
         return out
@@ -792,7 +842,7 @@ class TritonEntmaxFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         (q, k, v, am1, kpm, row_m, row_tau, row_invz, out_s, row_den, tiles, counts, flags) = (
-            ctx.saved_tensors
+            ctx.saved_tensors[:13]
         )
         cfg: _Config = ctx.cfg
         bh, n_q, d = q.shape
@@ -850,7 +900,51 @@ class TritonEntmaxFunction(torch.autograd.Function):
             HAS_KPM=kpm is not None,
             **options,
         )
-        return grad_q, grad_k, grad_v, None, None, None
+        grad_am1 = None
+        if cfg.alpha_grad:
+            out, out_l, row_ent = ctx.saved_tensors[13:]
+            grad_am1 = _alpha_gradient(grad_out, out, out_l, row_ent, row_invz, delta, am1)
+        return grad_q, grad_k, grad_v, grad_am1, None, None
+
+
+def _alpha_gradient(
+    grad_out: Tensor,
+    out: Tensor,
+    out_l: Tensor,
+    row_ent: Tensor,
+    row_invz: Tensor,
+    delta: Tensor,
+    am1: Tensor,
+) -> Tensor:
+    """The gradient in ``alpha - 1`` per head ``(H,)``, from per-row sums alone.
+
+    The ``entmax`` package's gradient of ``p = entmax_alpha(x)`` in alpha, with
+    ``dP_ij = dO_i . v_j``, ``p_hat = s / sum_j s`` and ``H_i = sum_j p ln p``::
+
+        d_i = sum_j dP_ij [(p - p_hat) / (alpha - 1) ** 2 - (p ln p - p_hat H_i) / (alpha - 1)]
+
+    Every sum over keys is a row dot: ``sum_j dP_ij p_ij = dO_i . O_i``, ``sum_j dP_ij
+    p_hat_ij = delta_i`` (the backward's own), and, with ``p = w / Z`` and ``ln p = r ln u
+    - ln Z``, ``sum_j dP_ij p ln p = r / Z dO_i . L_i - ln Z dO_i . O_i`` and ``H_i =
+    r / Z e_i - ln Z``, where ``L_i = sum_j w ln u v_j`` and ``e_i = sum_j w ln u`` come from
+    the forward's output pass (:func:`_log_weight_tile`).
+
+    Args:
+        grad_out, out: ``(B*H, n_q, d)``; ``out_l``: ``L``, float32, same shape.
+        row_ent: ``e``, ``row_invz``: ``1 / Z`` (0 for a row with no key), ``delta``: all
+            float32 ``(B*H, n_q)``.
+        am1: ``alpha - 1`` per head ``(H,)``.
+    """
+    heads = am1.shape[0]
+    am1_rows = am1.detach().repeat(out.shape[0] // heads)[:, None]  # bh = b * H + h
+    g = grad_out.float()
+    dot_out = (g * out.float()).sum(-1)
+    live = row_invz > 0
+    log_invz = torch.where(live, row_invz, 1.0).log()
+    dot_plogp = row_invz * (g * out_l).sum(-1) / am1_rows + log_invz * dot_out
+    entropy = row_invz * row_ent / am1_rows + log_invz
+    rows = (dot_out - delta) / am1_rows**2 - (dot_plogp - delta * entropy) / am1_rows
+    return torch.where(live, rows, 0.0).view(-1, heads, out.shape[1]).sum((0, 2))
 
 
 def default_newton_steps(n_k: int, alpha: float | None) -> int:
@@ -875,11 +969,6 @@ def _per_head_alpha(alpha: object, heads: int, device: torch.device) -> tuple[Te
     """``(alpha - 1 per head as float32 (heads,), the float alpha or None)``; raise if bad."""
     if isinstance(alpha, Tensor):
         check_alpha(alpha)
-        if alpha.requires_grad:
-            raise ValueError(
-                "`alpha` requires grad, but the Triton kernel gives no gradient in alpha: "
-                "use blockwise_attention(..., backend='torch') for a learnable alpha"
-            )
         if alpha.shape != (heads,):
             raise ValueError(
                 f"`alpha` must be a float or a tensor of one alpha per head ({heads},), "
@@ -889,7 +978,8 @@ def _per_head_alpha(alpha: object, heads: int, device: torch.device) -> tuple[Te
         # and a silently inexact result would be worse than the wait.
         if bool((alpha > 2).any()):
             raise ValueError(f"`alpha` must be in (1, 2], got max {alpha.max().item()}")
-        am1 = (alpha.detach().to(device=device, dtype=torch.float32) - 1).contiguous()
+        # Differentiable: a learned alpha gets its gradient through alpha - 1.
+        am1 = (alpha.to(device=device, dtype=torch.float32) - 1).contiguous()
         return am1, None
     check_alpha(alpha)
     value = float(alpha)  # type: ignore[arg-type]
@@ -915,7 +1005,7 @@ def triton_entmax_attention(
 
     Equals ``blockwise_attention(q, k, v, normalizer="entmax", alpha=alpha, ...)`` (to
     float32 rounding) without any ``(n_q, n_k)`` tensor; differentiable in ``q``, ``k``,
-    ``v`` (not in ``alpha``). See the module docstring for the algorithm.
+    ``v`` and a tensor ``alpha``. See the module docstring for the algorithm.
 
     Args:
         q: queries ``(batch, heads, n_q, d)``, ``d`` in 16, 32, 64, 128; float16, bfloat16
@@ -923,8 +1013,8 @@ def triton_entmax_attention(
         k: keys ``(batch, heads, n_k, d)``.
         v: values ``(batch, heads, n_k, d)``.
         alpha: in ``(1, 2]`` (2 = sparsemax, 1.5 = 1.5-entmax): a float, or a tensor
-            ``(heads,)`` of one alpha per head that does not require grad (its range is
-            only checked on the CPU).
+            ``(heads,)`` of one alpha per head, learnable (its range is checked with one
+            host synchronisation).
         causal: forbid query ``i`` the keys ``j > i + (n_k - n_q)`` (bottom-right aligned).
         key_padding_mask: boolean ``(batch, n_k)``, True = may attend.
         scale: score scale, > 0; default ``1 / sqrt(d)``.
@@ -953,8 +1043,9 @@ def triton_entmax_attention(
         return q.new_zeros(batch, heads, n_q, d)  # no key: every row is empty
     kind = {2.0: _SPARSEMAX, 1.5: _ENTMAX15}.get(alpha_value, _GENERAL)  # type: ignore[arg-type]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    cfg = _Config(kind, causal, scale, steps, block_m, block_n, heads, need_grad)
+    alpha_grad = torch.is_grad_enabled() and am1.requires_grad
+    need_grad = alpha_grad or (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)))
+    cfg = _Config(kind, causal, scale, steps, block_m, block_n, heads, need_grad, alpha_grad)
     flat = [x.contiguous().view(batch * heads, x.shape[2], d) for x in (q, k, v)]
     out = TritonEntmaxFunction.apply(*flat, am1, kpm, cfg)
     return out.view(batch, heads, n_q, d)
@@ -1029,8 +1120,6 @@ def triton_unsupported(
     if v.shape[-1] != q.shape[-1]:
         return f"a value size {v.shape[-1]} different from the head size {q.shape[-1]}"
     if isinstance(alpha, Tensor):
-        if alpha.requires_grad:
-            return "an alpha that requires grad (no alpha gradient in the kernel)"
         shape = (1,) * (4 - alpha.dim()) + tuple(alpha.shape)
         if alpha.dim() > 4 or shape[0] != 1 or shape[2:] != (1, 1):
             return f"alpha of shape {tuple(alpha.shape)} (only one alpha per head)"

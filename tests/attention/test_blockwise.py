@@ -202,6 +202,35 @@ def test_cuda_matches_cpu():
     assert (gpu.cpu() - cpu).abs().max() <= 1e-5
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_learned_alpha_dispatch_and_gradient(dtype, monkeypatch):
+    # "auto": a learnable alpha goes to the Triton kernels in half precision only.
+    pytest.importorskip("triton")
+    from attnzoo.attention import triton_entmax
+
+    calls = []
+    original = triton_entmax.blockwise_call
+    monkeypatch.setattr(
+        triton_entmax, "blockwise_call", lambda *a, **o: calls.append(1) or original(*a, **o)
+    )
+    q, k, v = qkv(2, 4, n_q=65, n_k=80, d=64, d_v=64, dtype=torch.float32)
+    alpha = torch.tensor([1.2, 1.5, 1.8, 2.0], requires_grad=True)
+    cpu = blockwise_attention(q, k, v, normalizer="entmax", alpha=alpha.view(1, 4, 1, 1))
+    (expected,) = torch.autograd.grad(cpu.square().sum(), alpha)
+    alpha_gpu = alpha.detach().cuda().requires_grad_()
+    gpu = blockwise_attention(
+        *(x.cuda().to(dtype) for x in (q, k, v)),
+        normalizer="entmax",
+        alpha=alpha_gpu.view(1, 4, 1, 1),
+    )
+    (got,) = torch.autograd.grad(gpu.float().square().sum(), alpha_gpu)
+    assert len(calls) == (1 if dtype == torch.float16 else 0)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (got.cpu() - expected).abs().max() <= tol * expected.abs().max()
+
+
 # The 1.5-entmax threshold search of the tiles: exact from any first trial point (each
 # tile starts from the previous tile's thresholds), and with the rows that are still open
 # after most have settled finished on their own.

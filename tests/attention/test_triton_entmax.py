@@ -126,6 +126,55 @@ def test_one_alpha_per_head() -> None:
     _compare(ours, reference, (q, k, v))
 
 
+@pytest.mark.parametrize(
+    ("causal", "padded", "blocks"),
+    [(False, False, {}), (True, True, {"block_m": 16, "block_n": 16})],
+)
+def test_learned_alpha_per_head_gets_the_torch_paths_gradient(causal, padded, blocks) -> None:
+    # Alphas from near 1 (large r) to sparsemax; with 16 x 16 tiles several query blocks
+    # and key tiles add to each head's gradient, and a fully padded sequence adds nothing.
+    q, k, v = _inputs(2, 4, 37, 50, 16, seed=10)
+    raw = torch.tensor([1.15, 1.5, 1.8, 2.0], device=DEVICE)
+    alphas = [raw.clone().requires_grad_() for _ in range(2)]
+    kpm = _padding(2, 50) if padded else None
+    mask = None if kpm is None else kpm[:, None, None, :]
+    ours = kernels.triton_entmax_attention(
+        q, k, v, alpha=alphas[0], causal=causal, key_padding_mask=kpm, **blocks
+    )
+    reference = blockwise_attention(
+        q,
+        k,
+        v,
+        normalizer="entmax",
+        alpha=alphas[1].view(1, 4, 1, 1),
+        mask=mask,
+        causal=causal,
+        backend="torch",
+    )
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=RTOL)
+    grad = torch.randn_like(ours)
+    got = torch.autograd.grad(ours, (q, k, v, alphas[0]), grad)
+    expected = torch.autograd.grad(reference, (q, k, v, alphas[1]), grad)
+    for name, a, b in zip(["q", "k", "v", "alpha"], got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=f"gradient of {name}")
+    assert got[3].abs().min() > 1e-3  # every head's gradient is a real number, not 0
+
+
+def test_learned_alpha_through_blockwise_dispatch() -> None:
+    # blockwise_attention passes a learnable alpha on to the kernel, gradient and all.
+    q, k, v = _inputs(1, 2, 9, 12, 16, seed=11)
+    alpha = torch.tensor([1.3, 1.6], device=DEVICE, requires_grad=True)
+    out = blockwise_attention(
+        q, k, v, normalizer="entmax", alpha=alpha.view(1, 2, 1, 1), backend="triton"
+    )
+    (grad,) = torch.autograd.grad(out.square().sum(), alpha)
+    reference = blockwise_attention(
+        q, k, v, normalizer="entmax", alpha=alpha.view(1, 2, 1, 1), backend="torch"
+    )
+    (expected,) = torch.autograd.grad(reference.square().sum(), alpha)
+    torch.testing.assert_close(grad, expected, atol=ATOL, rtol=RTOL)
+
+
 def test_single_query_and_single_key() -> None:
     q, k, v = _inputs(1, 2, 1, 50, 16, seed=5)
     reference = blockwise_attention(q, k, v, normalizer="sparsemax", backend="torch")
@@ -164,9 +213,6 @@ def test_unsupported_calls_raise() -> None:
     q, k, v = _inputs(1, 2, 5, 6, 16)
     with pytest.raises(ValueError, match="alpha.*> 2"):
         blockwise_attention(q, k, v, normalizer="entmax", alpha=2.5, backend="triton")
-    learned = torch.full((1, 2, 1, 1), 1.5, device=DEVICE, requires_grad=True)
-    with pytest.raises(ValueError, match="requires grad"):
-        blockwise_attention(q, k, v, normalizer="entmax", alpha=learned, backend="triton")
     full_mask = torch.ones(1, 2, 5, 6, dtype=torch.bool, device=DEVICE)
     with pytest.raises(ValueError, match="only key padding"):
         blockwise_attention(q, k, v, mask=full_mask, backend="triton")
@@ -176,8 +222,6 @@ def test_unsupported_calls_raise() -> None:
     with pytest.raises(ValueError, match="backend"):
         blockwise_attention(q, k, v, backend="cuda")
     # The same refusals from the kernel's own entry point.
-    with pytest.raises(ValueError, match="requires grad"):
-        kernels.triton_entmax_attention(q, k, v, alpha=learned.view(2))
     with pytest.raises(ValueError, match="head size d"):
         kernels.triton_entmax_attention(*odd_d, alpha=1.5)
     with pytest.raises(ValueError, match=r"per head \(2,\)"):
