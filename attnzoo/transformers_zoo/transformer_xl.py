@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention.normalizers import available_normalizers
+from ..attention.projection import project
 from ..attention.relative import RelativeMultiHeadAttention
 from ..attention.validation import (
     check_int,
@@ -406,7 +407,7 @@ class TransformerXLLMHeadModel(nn.Module):
             else:
                 loss = self.lm_head(hidden[:, :-1], labels[:, 1:], reduction="mean")
         else:
-            logits = self.lm_head(hidden)
+            logits = project(hidden, self.lm_head)
             if labels is not None:
                 loss = F.cross_entropy(
                     logits[:, :-1].float().flatten(0, 1),
