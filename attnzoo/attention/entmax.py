@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .validation import check_int, check_tensor
+from .validation import broadcasts_to, check_int, check_tensor
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -131,11 +131,7 @@ def _alpha_rows(alpha: Tensor, x: Tensor, dim: int) -> Tensor:
     """
     shape = tuple(x.shape)
     row_shape = _row_shape(x, dim)
-    try:
-        fits = torch.broadcast_shapes(tuple(alpha.shape), row_shape) == row_shape
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(tuple(alpha.shape), row_shape):
         raise ValueError(
             f"`alpha` of shape {tuple(alpha.shape)} must broadcast to `x` of shape {shape} "
             f"with size 1 along dim {dim} (one alpha per normalised slice), e.g. {row_shape}"

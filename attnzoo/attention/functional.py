@@ -202,6 +202,12 @@ def _sdpa(
     # come out of SDPA as NaN. ``has_key`` is a reduction over the mask's own (usually
     # broadcast, small) shape, with no host sync; it broadcasts over the output's features.
     has_key = mask.any(dim=-1, keepdim=True)
+    if q.device.type == "cpu" and bool(has_key.all()):
+        # Every query row has a key (the usual case): nothing to guard. Checking is free on
+        # a CPU; on a GPU it would cost a synchronisation, so there the guard always runs.
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale
+        )
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         # The backward of a NaN row is NaN too: let such rows attend everywhere (finite,
         # harmless numbers), then zero them out of place (SDPA keeps its output for the
