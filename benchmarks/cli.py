@@ -31,6 +31,7 @@ def run(
     progress: bool = True,
     plots: bool = True,
     echo: bool = True,
+    memory: bool = True,
 ) -> list[Row]:
     """Run the selected suites and write ``results.md``, ``results.json`` and PNGs to ``out``.
 
@@ -43,6 +44,8 @@ def run(
         progress: show the tqdm bar.
         plots: write PNGs (skipped, with a note, when matplotlib is missing).
         echo: print the markdown report to stdout.
+        memory: measure peak memory (on a CPU through the memory profiler: about half
+            again the run's time).
 
     Returns:
         every row measured, in order.
@@ -50,7 +53,7 @@ def run(
     device = torch.device(device) if device is not None else best_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("`device` is cuda but torch.cuda.is_available() is False")
-    ctx = Context(device=device, dtype=dtype, profile=profile)
+    ctx = Context(device=device, dtype=dtype, profile=profile, memory=memory)
     suites = [load(name) for name in (only or SUITES)]
     cases = [case for suite in suites for case in suite.cases(ctx)]
 
@@ -62,7 +65,8 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     info = report.machine_info(ctx)
     info["wall_time_s"] = round(elapsed, 1)
-    text = report.markdown(info, suites, rows, with_memory=ctx.is_cuda)
+    with_memory = any(r.ours_peak_mib is not None for r in rows)
+    text = report.markdown(info, suites, rows, with_memory=with_memory)
     (out / "results.md").write_text(text)
     report.write_json(out / "results.json", info, suites, rows)
     if echo:
@@ -92,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size.add_argument(
         "--quick",
         action="store_true",
-        help="fewer, smaller sizes (about 2.5 minutes on 2 CPU cores)",
+        help="fewer, smaller sizes (about 4 minutes on 2 CPU cores, 2.5 with --no-memory)",
     )
     size.add_argument(
         "--tiny",
@@ -123,6 +127,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "float32)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory measurements"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -141,5 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         progress=not args.no_progress,
         plots=not args.no_plots,
+        memory=not args.no_memory,
     )
     return 0

@@ -3,7 +3,7 @@
 A suite (``benchmarks/suites/<name>.py``) only describes *what* to compare: it yields
 :class:`Case` objects whose ``build`` allocates the inputs and returns a :class:`Setup`
 holding two zero-argument callables, ours and the baseline. Everything else -- warm-up,
-timing with :mod:`torch.utils.benchmark`, peak CUDA memory, the forward and
+timing with :mod:`torch.utils.benchmark`, peak memory, the forward and
 forward+backward variants, the max-abs-diff check -- happens here, once, in
 :func:`run_case`.
 """
@@ -58,11 +58,14 @@ class Context:
         dtype: floating dtype of inputs and parameters (a suite may override it, and
             says so in its note).
         profile: ``"tiny"`` (smoke test), ``"quick"`` or ``"full"``; sizes follow it.
+        memory: measure each side's peak memory (one more run of each, profiled on a
+            CPU).
     """
 
     device: torch.device
     dtype: torch.dtype
     profile: Profile
+    memory: bool = True
 
     @property
     def is_cuda(self) -> bool:
@@ -195,7 +198,7 @@ class Row:
 
     @property
     def memory_ratio(self) -> float | None:
-        """ours / baseline peak memory (CUDA only): below 1 means attnzoo uses less."""
+        """ours / baseline peak memory: below 1 means attnzoo uses less."""
         if not self.ours_peak_mib or self.baseline_peak_mib is None:
             return None
         if self.baseline_peak_mib == 0:
@@ -280,14 +283,15 @@ def time_ms(step: Callable[[], Any], ctx: Context, warmup: bool = True) -> tuple
 
 
 def peak_mib(step: Callable[[], Any], ctx: Context) -> float | None:
-    """Peak CUDA memory one ``step()`` allocates beyond what was live before it, in MiB.
+    """Peak memory one ``step()`` allocates beyond what was live before it, in MiB.
 
-    ``None`` on CPU, where PyTorch keeps no allocator statistics. Subtracting the memory
-    already allocated (inputs, parameters) leaves the working set of the kernel itself:
-    its intermediates, output and gradients.
+    On CUDA from the allocator's statistics; on a CPU, which keeps none, from PyTorch's
+    memory profiler (:func:`cpu_peak_mib`). Subtracting the memory already allocated
+    (inputs, parameters) leaves the working set of the kernel itself: its intermediates,
+    output and gradients.
     """
     if not ctx.is_cuda:
-        return None
+        return cpu_peak_mib(step)
     gc.collect()
     torch.cuda.synchronize(ctx.device)
     torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -297,6 +301,39 @@ def peak_mib(step: Callable[[], Any], ctx: Context) -> float | None:
     peak = torch.cuda.max_memory_allocated(ctx.device)
     del result
     return (peak - before) / MIB
+
+
+def cpu_peak_mib(step: Callable[[], Any]) -> float:
+    """Peak CPU tensor memory one ``step()`` allocates, in MiB.
+
+    The step runs once under :mod:`torch.profiler` with ``profile_memory=True``; its
+    memory timeline lists every tensor allocation and free on the CPU (autograd's saved
+    tensors and the output included). The figure is the peak of the running total of the
+    tensors the step itself allocated: tensors that were live before it (inputs,
+    parameters, or garbage a collection frees meanwhile) count neither way. PyTorch's CPU
+    allocator keeps no cache, so this is the memory the step held.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(
+        activities=[ProfilerActivity.CPU],
+        profile_memory=True,
+        record_shapes=True,  # the memory timeline needs shapes and stacks
+        with_stack=True,
+    ) as prof:
+        result = step()
+        del result
+    created: dict[Any, int] = {}
+    live = peak = 0
+    for _, action, (key, _version), size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            created[key] = size
+            live += size
+            peak = max(peak, live)
+        elif action == Action.DESTROY and key in created:
+            live -= created.pop(key)
+    return peak / MIB
 
 
 def max_abs_diff(a: Tensor | Sequence[Tensor | None], b: Tensor | Sequence[Tensor | None]) -> float:
@@ -366,7 +403,7 @@ def measure(steps: Sequence[Callable[[], Any]], ctx: Context) -> list[Measured]:
             if result.median_ms is None or median < result.median_ms:
                 result.median_ms, result.iqr_ms = median, iqr
     for step, result in zip(steps, results, strict=True):
-        if result.error is None:
+        if result.error is None and ctx.memory:
             try:
                 result.peak_mib = peak_mib(step, ctx)
             except Exception as exc:

@@ -17,7 +17,15 @@ import pytest
 import torch
 
 from benchmarks.cli import main, run
-from benchmarks.harness import Case, Context, Setup, Suite, max_abs_diff, run_case
+from benchmarks.harness import (
+    Case,
+    Context,
+    Setup,
+    Suite,
+    cpu_peak_mib,
+    max_abs_diff,
+    run_case,
+)
 from benchmarks.report import suite_table, write_plots
 from benchmarks.suites import SUITES, load
 
@@ -47,8 +55,9 @@ def test_every_suite_runs_without_error(tiny_run: tuple[Path, list]) -> None:
         assert r.ours_ms is not None and r.ours_ms > 0
         assert r.baseline_ms is not None and r.baseline_ms > 0
         assert r.ratio == pytest.approx(r.ours_ms / r.baseline_ms)
-        # No allocator statistics on CPU.
-        assert r.ours_peak_mib is None and r.baseline_peak_mib is None
+        # Measured on the CPU too, by the memory profiler.
+        assert r.ours_peak_mib is not None and r.ours_peak_mib >= 0
+        assert r.baseline_peak_mib is not None and r.baseline_peak_mib >= 0
     for suite in RUNNING:
         modes = {r.mode for r in rows if r.suite == suite}
         assert modes == ({"fwd"} if suite in FORWARD_ONLY else {"fwd", "fwd+bwd"}), suite
@@ -168,16 +177,29 @@ def test_plots_are_written_when_matplotlib_is_installed(
     _, rows = tiny_run
     suite = load("sliding_window")
     written = write_plots(tmp_path, [suite], rows)
-    assert written == [tmp_path / "sliding_window_time.png"]
-    assert written[0].stat().st_size > 0
-    # Memory is only measured on CUDA: no memory plot from a CPU run.
-    assert not list(tmp_path.glob("*_memory.png"))
+    names = ["sliding_window_time.png", "sliding_window_memory.png"]
+    assert written == [tmp_path / name for name in names]
+    assert all(path.stat().st_size > 0 for path in written)
 
 
-def test_memory_columns_and_plot_from_cuda_figures(
-    tiny_run: tuple[Path, list], tmp_path: Path
-) -> None:
-    """The CUDA-only outputs, fed with made-up peak memory so that they run on any machine."""
+def test_cpu_peak_memory_counts_what_the_step_holds() -> None:
+    kept = torch.empty(2**20)  # live before the step: not counted, and freeing it is not
+    mib = 2**18  # float32 entries in one MiB
+
+    def step() -> torch.Tensor:
+        nonlocal kept
+        del kept
+        a = torch.ones(3 * mib)
+        b = torch.ones(2 * mib)  # 5 MiB held here: the peak
+        del a
+        return b + 1  # 2 + 2 MiB
+
+    assert cpu_peak_mib(step) == pytest.approx(5.0)
+    assert cpu_peak_mib(lambda: None) == 0.0
+
+
+def test_memory_columns_and_plot(tiny_run: tuple[Path, list], tmp_path: Path) -> None:
+    """Memory columns and plot, fed with made-up peak memory so that the ratio is known."""
     _, rows = tiny_run
     suite = load("additive")
     fake = [dataclasses.replace(r, ours_peak_mib=1.0, baseline_peak_mib=4.0) for r in rows]
@@ -191,11 +213,13 @@ def test_memory_columns_and_plot_from_cuda_figures(
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--tiny", "--only", "entmax", "--device", "cpu", "--out", str(tmp_path)]
-    code = main([*args, "--no-plots", "--no-progress"])
+    code = main([*args, "--no-plots", "--no-progress", "--no-memory"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "### `entmax`" in printed and "### `attend`" not in printed
-    assert (tmp_path / "results.json").exists()
+    assert "peak (MiB)" not in printed
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert rows and all(r["ours_peak_mib"] is None for r in rows)
 
 
 def test_unknown_suite_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
