@@ -50,6 +50,12 @@ QUERY_NORMS = ("batchnorm", "layernorm", None)
 # dtypes of PyTorch's CPU sampled dense-dense product. Others (CUDA, where EmbeddingBag's
 # own backward is parallel, half precision, an empty batch) keep ``nn.EmbeddingBag``.
 SORTED_BACKWARD_DTYPES = (torch.float32, torch.float64)
+# Value reads whose weights' gradient :class:`GatheredWeightGrad` computes: off the CPU,
+# the dtypes for which PyTorch has no EmbeddingBag per_sample_weights gradient kernel
+# (its CUDA kernel is built for float, double and half only).
+GATHERED_WEIGHT_GRAD_DTYPES = (torch.bfloat16,)
+# Entries of value rows that GatheredWeightGrad gathers at once: bounds its scratch.
+GATHER_ENTRIES = 2**24
 
 
 def candidate_pairs(topk: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -151,6 +157,55 @@ class WeightedRowSum(torch.autograd.Function):
             grad_weights = torch.empty_like(weights).reshape(-1)
             grad_weights[order] = dots[inverse]
             grad_weights = grad_weights.view(tokens, reads)
+        return grad_table, None, grad_weights, None
+
+
+class GatheredWeightGrad(torch.autograd.Function):
+    """``out[t] = sum_j weights[t, j] * table[indices[t, j]]``; the weights' gradient from
+    gathered rows.
+
+    The forward, and the table's gradient, are ``F.embedding_bag``'s (the gradient by
+    autograd through a second bag sum with the weights held constant). The weights'
+    gradient ``table[indices[t, j]] . grad_out[t]`` is formed from the rows gathered a
+    block of tokens at a time (at most :data:`GATHER_ENTRIES` entries), in float32: for the
+    dtypes in which PyTorch's EmbeddingBag has no such gradient on the device.
+
+    Forward arguments as :class:`WeightedRowSum` (any floating dtype, any device).
+    Returns ``(tokens, dim)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, table: Tensor, indices: Tensor, weights: Tensor, sparse_grad: bool
+    ) -> Tensor:
+        ctx.save_for_backward(table, indices, weights)
+        ctx.sparse_grad = sparse_grad
+        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+        table, indices, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            with torch.enable_grad():
+                leaf = table.detach().requires_grad_()
+                out = F.embedding_bag(
+                    indices, leaf, per_sample_weights=weights, mode="sum", sparse=ctx.sparse_grad
+                )
+                (grad_table,) = torch.autograd.grad(out, leaf, grad_out)
+        if ctx.needs_input_grad[2]:
+            tokens, reads = indices.shape
+            block = max(1, GATHER_ENTRIES // max(1, reads * table.shape[1]))
+            grad = grad_out.float()
+            parts = [
+                torch.bmm(
+                    F.embedding(indices[start : start + block], table).float(),
+                    grad[start : start + block, :, None],
+                ).squeeze(-1)
+                for start in range(0, tokens, block)
+            ]
+            grad_weights = torch.cat(parts).to(weights.dtype)
         return grad_table, None, grad_weights, None
 
 
@@ -392,8 +447,9 @@ class ProductKeyMemory(nn.Module):
         """Weighted sum of value rows: ``out[t] = sum_j weights[t, j] * values[indices[t, j]]``.
 
         On a CPU in float32/float64 this is :class:`WeightedRowSum` (``EmbeddingBag``'s
-        forward, a slot-sorted backward); elsewhere ``nn.EmbeddingBag`` itself. Both
-        honour ``values.sparse``.
+        forward, a slot-sorted backward); off the CPU in bfloat16, with a gradient for the
+        weights, :class:`GatheredWeightGrad` (PyTorch has no such gradient kernel there);
+        elsewhere ``nn.EmbeddingBag`` itself. All honour ``values.sparse``.
 
         Args:
             indices: ``(n, reads)`` int64 slots, all in ``[0, n_keys ** 2)``.
@@ -410,6 +466,16 @@ class ProductKeyMemory(nn.Module):
             and indices.numel() > 0
         ):
             return WeightedRowSum.apply(
+                table, indices.contiguous(), weights.contiguous(), self.values.sparse
+            )
+        if (
+            table.device.type != "cpu"
+            and table.dtype in GATHERED_WEIGHT_GRAD_DTYPES
+            and torch.is_grad_enabled()
+            and weights.requires_grad
+            and indices.numel() > 0
+        ):
+            return GatheredWeightGrad.apply(
                 table, indices.contiguous(), weights.contiguous(), self.values.sparse
             )
         return self.values(indices, per_sample_weights=weights)

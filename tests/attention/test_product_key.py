@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from attnzoo.attention.product_key import (
+    GatheredWeightGrad,
     MemoryUsage,
     ProductKeyMemory,
     WeightedRowSum,
@@ -422,6 +423,39 @@ def test_weighted_row_sum_gradcheck():
     )
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gathered_weight_grad_equals_embedding_bag(sparse, dtype, monkeypatch):
+    # Blocks of 2 tokens (7 tokens: the last block ragged); on the CPU, where EmbeddingBag
+    # has the bfloat16 weight gradient to compare with.
+    from attnzoo.attention import product_key
+
+    monkeypatch.setattr(product_key, "GATHER_ENTRIES", 2 * 6 * 3)
+    table, indices, weights = read_case(dtype)
+    table.requires_grad_()
+    weights.requires_grad_()
+    grad_out = torch.randn(7, 3).to(dtype)
+    out = GatheredWeightGrad.apply(table, indices, weights, sparse)
+    grads = torch.autograd.grad(out, (table, weights), grad_out)
+    expected = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    expected_grads = torch.autograd.grad(expected, (table, weights), grad_out)
+    # bfloat16: both sides round sums of a few terms to 8 bits: a few ulps (2 ** -8) apart.
+    tol = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2**-6, "atol": 1e-2}
+    assert out.dtype == dtype and grads[1].dtype == dtype and grads[0].is_sparse == sparse
+    torch.testing.assert_close(out, expected, **tol)
+    torch.testing.assert_close(grads[0].to_dense(), expected_grads[0].to_dense(), **tol)
+    torch.testing.assert_close(grads[1], expected_grads[1], **tol)
+
+
+def test_gathered_weight_grad_gradcheck():
+    table, indices, weights = read_case(torch.float64)
+    table.requires_grad_()
+    weights.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t, w: GatheredWeightGrad.apply(t, indices, w, False), (table, weights)
+    )
+
+
 def graph_nodes(output: torch.Tensor) -> set[str]:
     """Names of the autograd nodes that ``output`` was computed through."""
     names, stack, seen = set(), [output.grad_fn], set()
@@ -505,3 +539,6 @@ class TestCuda:
         out.float().square().sum().backward()
         assert out.dtype == dtype and torch.isfinite(out).all()
         assert memory.values.weight.grad.is_sparse
+        # The keys learn through the read weights: the gradient PyTorch's EmbeddingBag
+        # lacks on CUDA in bfloat16 (GatheredWeightGrad forms it there).
+        assert torch.isfinite(memory.keys.grad).all() and memory.keys.grad.abs().sum() > 0
