@@ -131,7 +131,7 @@ def project(x: Tensor, module: nn.Module) -> Tensor:
 
 
 def project_jointly(x: Tensor, linears: Sequence[nn.Module]) -> list[Tensor]:
-    """``[linear(x) for linear in linears]``, computed as one matrix product at inference.
+    """``[module(x) for module in linears]``, computed as one matrix product at inference.
 
     A self-attention layer projects the same input three times (queries, keys, values);
     while decoding one token at a time each product is tiny and its launch cost, not its
