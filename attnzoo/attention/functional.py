@@ -199,29 +199,19 @@ def _sdpa(
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, scale=scale)
     # Depending on the backend (and the PyTorch version), a row with no allowed key may
-    # come out of SDPA as NaN. ``has_key`` is a reduction over the mask's own (usually
-    # broadcast, small) shape, with no host sync; it broadcasts over the output's features.
+    # come out of SDPA as NaN, and its backward too. Such rows attend everywhere instead
+    # (finite, harmless numbers) and are zeroed afterwards by a product with ``has_key``,
+    # so the result and the gradient through it are exactly zero there. A product, not
+    # ``masked_fill``: with a broadcast mask, ``masked_fill`` takes longer on a CPU than
+    # the attention itself at small n. ``has_key`` is a reduction over the mask's own
+    # (usually broadcast, small) shape, with no host sync.
     has_key = mask.any(dim=-1, keepdim=True)
-    if q.device.type == "cpu" and bool(has_key.all()):
-        # Every query row has a key (the usual case): nothing to guard. Checking is free on
-        # a CPU; on a GPU it would cost a synchronisation, so there the guard always runs.
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale
-        )
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask | ~has_key, dropout_p=p_drop, scale=scale
+    )
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        # The backward of a NaN row is NaN too: let such rows attend everywhere (finite,
-        # harmless numbers), then zero them out of place (SDPA keeps its output for the
-        # backward), so the result and the gradient through it are exactly zero.
-        no_key = ~has_key
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask | no_key, dropout_p=p_drop, scale=scale
-        )
-        return out.masked_fill(no_key, 0.0)
-    # No graph: whatever SDPA wrote in such a row is overwritten in place, with no second
-    # output-sized tensor. (A 0-dim CPU zero as ``where``'s operand would be copied to the
-    # device from pageable memory: a sync on CUDA.)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale)
-    return out.masked_fill_(~has_key, 0.0)
+        return out * has_key  # out of place: SDPA keeps its output for the backward
+    return out.mul_(has_key)
 
 
 def _sdpa_with_bias(
