@@ -160,27 +160,20 @@ class WeightedRowSum(torch.autograd.Function):
         return grad_table, None, grad_weights, None
 
 
-class GatheredWeightGrad(torch.autograd.Function):
+class GatheredWeightGrad(WeightedRowSum):
     """``out[t] = sum_j weights[t, j] * table[indices[t, j]]``; the weights' gradient from
     gathered rows.
 
-    The forward, and the table's gradient, are ``F.embedding_bag``'s (the gradient by
-    autograd through a second bag sum with the weights held constant). The weights'
-    gradient ``table[indices[t, j]] . grad_out[t]`` is formed from the rows gathered a
-    block of tokens at a time (at most :data:`GATHER_ENTRIES` entries), in float32: for the
-    dtypes in which PyTorch's EmbeddingBag has no such gradient on the device.
+    The forward is :class:`WeightedRowSum`'s (``F.embedding_bag``), and so is its table's
+    gradient, by autograd through a second bag sum with the weights held constant. The
+    weights' gradient ``table[indices[t, j]] . grad_out[t]`` is formed from the rows
+    gathered a block of tokens at a time (at most :data:`GATHER_ENTRIES` entries), in
+    float32: for the dtypes in which PyTorch's EmbeddingBag has no such gradient on the
+    device.
 
-    Forward arguments as :class:`WeightedRowSum` (any floating dtype, any device).
+    Forward arguments as :class:`WeightedRowSum`, in any floating dtype, on any device.
     Returns ``(tokens, dim)``.
     """
-
-    @staticmethod
-    def forward(
-        ctx: Any, table: Tensor, indices: Tensor, weights: Tensor, sparse_grad: bool
-    ) -> Tensor:
-        ctx.save_for_backward(table, indices, weights)
-        ctx.sparse_grad = sparse_grad
-        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
 
     @staticmethod
     @once_differentiable

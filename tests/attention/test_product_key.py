@@ -414,12 +414,13 @@ def test_weighted_row_sum_equals_embedding_bag(sparse):
     torch.testing.assert_close(grads[1], expected_grads[1], rtol=0, atol=1e-5)
 
 
-def test_weighted_row_sum_gradcheck():
+@pytest.mark.parametrize("function", [WeightedRowSum, GatheredWeightGrad])
+def test_row_sum_gradcheck(function):
     table, indices, weights = read_case(torch.float64)
     table.requires_grad_()
     weights.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda t, w: WeightedRowSum.apply(t, indices, w, False), (table, weights)
+        lambda t, w: function.apply(t, indices, w, False), (table, weights)
     )
 
 
@@ -445,15 +446,6 @@ def test_gathered_weight_grad_equals_embedding_bag(sparse, dtype, monkeypatch):
     torch.testing.assert_close(out, expected, **tol)
     torch.testing.assert_close(grads[0].to_dense(), expected_grads[0].to_dense(), **tol)
     torch.testing.assert_close(grads[1], expected_grads[1], **tol)
-
-
-def test_gathered_weight_grad_gradcheck():
-    table, indices, weights = read_case(torch.float64)
-    table.requires_grad_()
-    weights.requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda t, w: GatheredWeightGrad.apply(t, indices, w, False), (table, weights)
-    )
 
 
 def graph_nodes(output: torch.Tensor) -> set[str]:
