@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -304,35 +305,45 @@ def peak_mib(step: Callable[[], Any], ctx: Context) -> float | None:
 
 
 def cpu_peak_mib(step: Callable[[], Any]) -> float:
-    """Peak CPU tensor memory one ``step()`` allocates, in MiB.
+    """Peak CPU memory one ``step()`` allocates, in MiB.
 
-    The step runs once under :mod:`torch.profiler` with ``profile_memory=True``; its
-    memory timeline lists every tensor allocation and free on the CPU (autograd's saved
-    tensors and the output included). The figure is the peak of the running total of the
-    tensors the step itself allocated: tensors that were live before it (inputs,
-    parameters, or garbage a collection frees meanwhile) count neither way. PyTorch's CPU
-    allocator keeps no cache, so this is the memory the step held.
+    The step runs once under :mod:`torch.profiler` with ``profile_memory=True``, which
+    records every allocation and free of PyTorch's CPU allocator (tensors, autograd's saved
+    tensors, kernel workspaces) with its address. The figure is the peak of the running
+    total of the blocks the step itself allocated: blocks that were live before it
+    (inputs, parameters, or garbage a collection frees meanwhile) count neither way.
+    PyTorch's CPU allocator keeps no cache, so this is the memory the step held.
+
+    The raw allocation events are read rather than the profiler's memory timeline: the
+    timeline needs shapes and Python stacks recorded (10-20x the cost of the step on
+    op-heavy code), and it files every block no tensor owns, such as a kernel's
+    workspace, under one shared key, so that freeing one of them forgets another.
     """
+    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
 
-    with profile(
-        activities=[ProfilerActivity.CPU],
-        profile_memory=True,
-        record_shapes=True,  # the memory timeline needs shapes and stacks
-        with_stack=True,
-    ) as prof:
+    # Kineto logs each profiler start and stop on stderr; level 6 is above its highest.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = step()
         del result
-    created: dict[Any, int] = {}
+    events = []
+    pending = list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        if event.tag == _EventType.Allocation:
+            fields = event.extra_fields
+            events.append((event.start_time_ns, fields.ptr, fields.alloc_size))
+        pending.extend(event.children)
+    held: dict[int, int] = {}  # address -> size of the blocks the step allocated
     live = peak = 0
-    for _, action, (key, _version), size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            created[key] = size
+    for _, address, size in sorted(events):
+        if size > 0:
+            held[address] = size
             live += size
             peak = max(peak, live)
-        elif action == Action.DESTROY and key in created:
-            live -= created.pop(key)
+        elif address in held:
+            live -= held.pop(address)
     return peak / MIB
 
 

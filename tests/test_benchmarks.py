@@ -198,6 +198,18 @@ def test_cpu_peak_memory_counts_what_the_step_holds() -> None:
     assert cpu_peak_mib(lambda: None) == 0.0
 
 
+def test_cpu_peak_memory_tells_apart_blocks_no_tensor_owns() -> None:
+    # Bare storages stand for a kernel's workspace: allocations with no tensor. Freeing
+    # the smaller one must not leave the larger one counted after it is freed too.
+    def step() -> torch.UntypedStorage:
+        big = torch.UntypedStorage(3 * 2**20)
+        small = torch.UntypedStorage(2**20)
+        del small, big
+        return torch.UntypedStorage(4 * 2**20)
+
+    assert cpu_peak_mib(step) == pytest.approx(4.0)
+
+
 def test_memory_columns_and_plot(tiny_run: tuple[Path, list], tmp_path: Path) -> None:
     """Memory columns and plot, fed with made-up peak memory so that the ratio is known."""
     _, rows = tiny_run
