@@ -44,8 +44,8 @@ def run(
         progress: show the tqdm bar.
         plots: write PNGs (skipped, with a note, when matplotlib is missing).
         echo: print the markdown report to stdout.
-        memory: measure peak memory (on a CPU through the memory profiler: about half
-            again the run's time).
+        memory: measure peak memory (one more run of each side; on a CPU under the
+            memory profiler).
 
     Returns:
         every row measured, in order.
@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     size.add_argument(
         "--quick",
         action="store_true",
-        help="fewer, smaller sizes (about 4 minutes on 2 CPU cores, 2.5 with --no-memory)",
+        help="fewer, smaller sizes and one timing round (about a minute on 2 CPU cores)",
     )
     size.add_argument(
         "--tiny",

@@ -87,7 +87,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     token_counts = ctx.pick(
         tiny=[32],
-        quick=[1024],
+        quick=[256],
         full=[1024, 4096],
         cuda_quick=[4096],
         cuda_full=[1024, 4096, 16384],

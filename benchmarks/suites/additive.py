@@ -54,7 +54,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     lengths = ctx.pick(
         tiny=[16],
-        quick=[64, 256],
+        quick=[256],
         full=[64, 128, 256],
         cuda_quick=[256, 1024],
         cuda_full=[256, 512, 1024, 2048],

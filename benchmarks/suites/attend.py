@@ -62,7 +62,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     lengths = ctx.pick(
         tiny=[16],
-        quick=[128, 512],
+        quick=[512],
         full=[128, 256, 512, 1024],
         cuda_quick=[512, 2048],
         cuda_full=[256, 512, 1024, 2048, 4096],

@@ -170,14 +170,14 @@ def _attention_params(ctx: Context, n: int, path: str) -> dict[str, object]:
 def _attention_cases(ctx: Context) -> list[Case]:
     lengths = ctx.pick(
         tiny=[16],
-        quick=[256, 1024],
+        quick=[512],
         full=[256, 512, 1024, 2048],
         cuda_quick=[1024, 4096],
         cuda_full=[1024, 2048, 4096, 8192],
     )
     # Long sequences: blockwise only (the dense path would need n^2 floats per head), the
     # forward pass, checked against the package a chunk of queries at a time.
-    long = ctx.pick(tiny=64, quick=4096, full=16384, cuda_quick=16384, cuda_full=32768)
+    long = ctx.pick(tiny=64, quick=2048, full=16384, cuda_quick=16384, cuda_full=32768)
     cases = []
     for normalizer in ("sparsemax", "entmax15", "entmax"):
         label = "entmax, learned α per head" if normalizer == "entmax" else normalizer
@@ -258,7 +258,7 @@ def cases(ctx: Context) -> list[Case]:
     batch_heads = ctx.pick(tiny=2, quick=4, full=4, cuda_quick=32, cuda_full=32)
     lengths = ctx.pick(
         tiny=[16],
-        quick=[128, 256],
+        quick=[256],
         full=[64, 128, 256, 512],
         cuda_quick=[256, 1024],
         cuda_full=[128, 256, 512, 1024, 2048],

@@ -115,7 +115,7 @@ def cases(ctx: Context) -> list[Case]:
         cuda_quick={**small, "layers": 12},
         cuda_full={**small, "layers": 12},
     )
-    lengths = ctx.pick(tiny=[8], quick=[32], full=[32, 64], cuda_quick=[64], cuda_full=[64, 256])
+    lengths = ctx.pick(tiny=[8], quick=[16], full=[32, 64], cuda_quick=[64], cuda_full=[64, 256])
     batch = 1
     name = f"{shape['layers']}x{shape['hidden']}, {shape['heads']} heads, batch {batch}"
     return [

@@ -129,7 +129,7 @@ def _build_spec(ctx: Context, config: dict[str, Any], batch: int, n: int, vs: st
 def _spec_cases(ctx: Context) -> list[Case]:
     tiny = {"dim": 16, "n_keys": 8, "heads": 2, "k_dim": 8, "topk": 4, "query_norm": "layernorm"}
     config = ctx.pick(tiny=tiny, quick=SPEC_CONFIG, full=SPEC_CONFIG)
-    batch = ctx.pick(tiny=1, quick=8, full=8)
+    batch = ctx.pick(tiny=1, quick=2, full=8)
     lengths = ctx.pick(tiny=[8], quick=[256], full=[128, 256, 512])
     baselines = ["ffn"] + ([] if PKM_PACKAGE_MISSING else ["product-key-memory"])
     names = {
@@ -175,7 +175,7 @@ def cases(ctx: Context) -> list[Case]:
     batch = ctx.pick(tiny=1, quick=1, full=1, cuda_quick=8, cuda_full=8)
     lengths = ctx.pick(
         tiny=[8],
-        quick=[128, 512],
+        quick=[512],
         full=[128, 256, 512, 1024],
         cuda_quick=[512, 2048],
         cuda_full=[256, 512, 1024, 2048, 4096],

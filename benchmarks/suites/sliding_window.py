@@ -95,7 +95,7 @@ def _causal_cases(ctx: Context) -> list[Case]:
     batch, heads, d, window = ctx.pick(
         tiny=(1, 2, 8, 4), quick=(1, 8, 64, 256), full=(1, 8, 64, 256)
     )
-    lengths = ctx.pick(tiny=[32], quick=[2048, 8192], full=[1024, 2048, 4096, 8192])
+    lengths = ctx.pick(tiny=[32], quick=[2048], full=[1024, 2048, 4096, 8192])
     params = {"batch": batch, "heads": heads, "head_dim": d, "before": window, "after": 0}
     baselines = ["full"] + ([] if LOCAL_ATTENTION_MISSING else ["local-attention"])
     names = {
@@ -185,7 +185,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     lengths = ctx.pick(
         tiny=[32],
-        quick=[256, 1024],
+        quick=[1024],
         full=[256, 512, 1024, 2048],
         cuda_quick=[1024, 4096],
         cuda_full=[1024, 2048, 4096, 8192, 16384],

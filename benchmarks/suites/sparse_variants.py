@@ -142,7 +142,7 @@ def cases(ctx: Context) -> list[Case]:
     )
     lengths = ctx.pick(
         tiny=[36],
-        quick=[256, 1024],
+        quick=[1024],
         full=[256, 1024, 2048],
         cuda_quick=[1024, 4096],
         cuda_full=[1024, 4096, 16384],
