@@ -118,11 +118,11 @@ def sliding_window_attention(
     n_blocks = -(-n // block)
     tail = n_blocks * block - n  # query positions added so that the blocks tile evenly
 
-    allowed = _block_mask(mask, n, lo, hi, block, n_blocks, q.device)  # (b|1, 1, nb, B, L)
+    allowed = band_block_mask(mask, n, lo, hi, block, n_blocks, q.device)  # (b|1, 1, nb, B, L)
     q_padded = q if tail == 0 else F.pad(q, (0, 0, 0, tail))
     q_blocks = q_padded.unflatten(2, (n_blocks, block))  # (b, h, nb, B, d)
-    k_win = _key_windows(k, lo, hi + tail, block)  # (b, h, nb, L, d)
-    v_win = _key_windows(v, lo, hi + tail, block)  # (b, h, nb, L, d_v)
+    k_win = key_windows(k, lo, hi + tail, block)  # (b, h, nb, L, d)
+    v_win = key_windows(v, lo, hi + tail, block)  # (b, h, nb, L, d_v)
 
     if isinstance(normalizer, str) and normalizer == "softmax" and not return_weights:
         # Without a padding mask every query sees at least itself: no empty row to zero.
@@ -130,7 +130,7 @@ def sliding_window_attention(
         return out.flatten(2, 3)[:, :, :n]
 
     scores = torch.matmul(q_blocks, k_win.transpose(-2, -1)) * scale  # (b, h, nb, B, L)
-    options = {} if alpha is None else {"alpha": _alpha_for_blocks(alpha)}
+    options = {} if alpha is None else {"alpha": alpha_for_blocks(alpha)}
     weights = masked_normalize(scores, allowed, normalizer, dim=-1, **options)
     dropped = F.dropout(weights, p_drop, training=p_drop > 0)
     out = torch.matmul(dropped, v_win).flatten(2, 3)[:, :, :n]
@@ -267,7 +267,7 @@ def _block_size(n: int, width: int) -> int:
     return max(1, min(n, max(width // 2, _MIN_BLOCK)))
 
 
-def _key_windows(x: Tensor, pad_front: int, pad_back: int, block: int) -> Tensor:
+def key_windows(x: Tensor, pad_front: int, pad_back: int, block: int) -> Tensor:
     """Overlapping key windows, one per query block.
 
     Args:
@@ -318,7 +318,7 @@ class _OverlappingWindows(torch.autograd.Function):
         return total.flatten(2, 3)[:, :, : ctx.padded_shape[2]], None, None
 
 
-def _block_mask(
+def band_block_mask(
     mask: Tensor | None,
     n: int,
     before: int,
@@ -416,7 +416,7 @@ def _blocks_to_band(weights: Tensor, width: int) -> Tensor:
     return flat.unflatten(-1, (block, span + 1))[..., :width]
 
 
-def _alpha_for_blocks(alpha: float | Tensor) -> float | Tensor:
+def alpha_for_blocks(alpha: float | Tensor) -> float | Tensor:
     """Reshape a per-(batch, head) alpha ``(..., 1, 1)`` to the block scores' 5-D layout."""
     if not isinstance(alpha, Tensor) or alpha.dim() == 0:
         return alpha

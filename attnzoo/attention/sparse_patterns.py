@@ -24,17 +24,25 @@ Which part a head attends over (``part``):
 :func:`strided_pattern`, :func:`fixed_pattern` and :func:`sparse_pattern_mask` build the
 dense boolean ``(n, n)`` masks (True = may attend) to pass to
 :func:`~attnzoo.attention.functional.attend` or to plot. :func:`sparse_pattern_attention`
-computes attention over exactly the same keys without an ``n x n`` tensor: a table of the
-allowed key indices of every query, ``(n, k_max)`` with ``k_max = O(l + n / l)``, built by
-arithmetic once per ``(n, pattern)`` and cached (:func:`sparse_pattern_index`), selects the
-keys and values each query reads; only those are scored and normalised, with any normaliser
-of the registry (a slot past a query's own key count is masked, and a masked score gets
-exactly zero weight, so the result equals dense attention with the pattern mask). The two
-products, scores against gathered keys and the weighted sum of gathered values, are custom
-autograd Functions (:class:`GatheredDot`, :class:`GatheredSum`) that gather blocks of query
-rows at a time, forwards and backwards, so the ``(n, k_max, d)`` gathered tensor is never
-held whole: memory is ``O(n * k_max)`` (the scores and weights), ``O(n sqrt(n))`` for
-``l ~ sqrt(n)``; work is ``O(n * k_max * d)``.
+computes attention over exactly the same keys without an ``n x n`` tensor, with any
+normaliser of the registry (a masked score gets exactly zero weight, so the result equals
+dense attention with the pattern mask), in one of two ways:
+
+* a full pass (as many queries as keys, no weights returned) goes block by block
+  (:mod:`~attnzoo.attention.sparse_pattern_blocks`): both patterns are regular in blocks of
+  ``l`` positions, so each part is a batched matmul over views of the inputs, and the two
+  parts' scores of a query are normalised together;
+* otherwise (decoding, or ``return_weights=True``) a table of the allowed key indices of
+  every query, ``(n, k_max)`` with ``k_max = O(l + n / l)``, built by arithmetic once per
+  ``(n, pattern)`` and cached (:func:`sparse_pattern_index`), selects the keys and values
+  each query reads; only those are scored and normalised (a slot past a query's own key
+  count is masked). The two products, scores against gathered keys and the weighted sum of
+  gathered values, are custom autograd Functions (:class:`GatheredDot`,
+  :class:`GatheredSum`) that gather blocks of query rows at a time, forwards and
+  backwards, so the ``(n, k_max, d)`` gathered tensor is never held whole.
+
+Either way memory is ``O(n * k_max)`` (the scores and weights), ``O(n sqrt(n))`` for
+``l ~ sqrt(n)``, and work is ``O(n * k_max * d)``.
 
 A causal pattern also decodes step by step: query ``t`` sees only keys ``j <= t``, all
 already computed, so :class:`SparseTransformerAttention` takes the
@@ -59,6 +67,7 @@ from torch.autograd.function import once_differentiable
 from .multi_head import AttentionProjections, KVCache, resolve_dim_head
 from .normalizers import Normalizer, get_normalizer, masked_normalize
 from .sliding_window import check_local_attention_inputs
+from .sparse_pattern_blocks import blocked_pattern_attention
 from .validation import (
     check_bool_mask,
     check_int,
@@ -356,6 +365,25 @@ def sparse_pattern_attention(
     _check_pattern(n_k, pattern, stride, summary, causal, part)
     if part == "split":
         _check_split_heads(heads)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    p_drop = dropout if training else 0.0
+    if n_q == n_k > 0 and not return_weights:
+        return blocked_pattern_attention(
+            q,
+            k,
+            v,
+            pattern=pattern,
+            stride=stride,
+            summary=summary,
+            causal=causal,
+            part=part,
+            mask=mask,
+            normalizer=normalizer,
+            alpha=alpha,
+            scale=scale,
+            p_drop=p_drop,
+        )
+
     index, valid = sparse_pattern_index(
         n_k,
         pattern,
@@ -369,15 +397,19 @@ def sparse_pattern_attention(
     )
     if part != "split":  # one table for every head
         index, valid = index.unsqueeze(0), valid.unsqueeze(0)
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    p_drop = dropout if training else 0.0
 
     scores = GatheredDot.apply(q, k, index) * scale  # (b, h, n_q, k_max)
     allowed = valid.unsqueeze(0)  # (1, 1|h, n_q, k_max)
     if mask is not None:
         allowed = allowed & mask[:, index]  # (b, 1|h, n_q, k_max)
     options = {} if alpha is None else {"alpha": alpha}
-    weights = masked_normalize(scores, allowed, normalizer, dim=-1, **options)
+    # No listed query has a key (k_max = 0: the summary columns of a fixed pattern lie past
+    # the sequence): the empty scores are the empty weights, and the output is zeros.
+    weights = (
+        masked_normalize(scores, allowed, normalizer, dim=-1, **options)
+        if scores.shape[-1]
+        else scores
+    )
     dropped = F.dropout(weights, p_drop, training=p_drop > 0)
     out = GatheredSum.apply(dropped, v, index)
     return (out, weights) if return_weights else out

@@ -19,8 +19,8 @@ from attnzoo.attention.functional import attend
 from attnzoo.attention.normalizers import masked_normalize
 from attnzoo.attention.sliding_window import (
     SlidingWindowAttention,
-    _key_windows,
     band_to_dense,
+    key_windows,
     sliding_window_attention,
 )
 
@@ -309,9 +309,9 @@ class TestGradients:
         back += n_blocks * block - 11
         padded = F.pad(x, (0, 0, front, back))
         span = padded.shape[2] - (n_blocks - 1) * block
-        windows = _key_windows(x, front, back, block)
+        windows = key_windows(x, front, back, block)
         assert torch.equal(windows, padded.unfold(2, span, block).transpose(-2, -1))
-        fn = lambda t: _key_windows(t, front, back, block)  # noqa: E731
+        fn = lambda t: key_windows(t, front, back, block)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x,))
         assert torch.autograd.gradgradcheck(fn, (x,))
 

@@ -1,11 +1,14 @@
-"""Sparse Transformer patterns: the masks against the paper's set definitions, and the
-gather kernel against dense attention with the same mask.
+"""Sparse Transformer patterns: the masks against the paper's set definitions, and both
+kernels (by blocks for a full pass, by index table otherwise) against dense attention with
+the same mask.
 
 Tolerances: float64 results agree within 1e-10 (absolute); float16/bfloat16 smoke tests
 within 3e-2 of float32.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
@@ -187,6 +190,57 @@ class TestKernel:
         dense = pattern_weights_to_dense(weights, index, valid)
         assert (dense - ref_weights).abs().max() < TOL
 
+    @pytest.mark.parametrize("pattern,l,c", [*PATTERNS, ("strided", 50, 1), ("fixed", 50, 3)])
+    @pytest.mark.parametrize("part", ["union", "local", "global", "split"])
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_full_pass_blocks_equal_dense_with_gradients(self, pattern, l, c, part, causal):
+        # Without returned weights, as many queries as keys go block by block; strides of
+        # 50 exceed the sequence (one block, padded).
+        q, k, v = (x.requires_grad_(True) for x in qkv())
+        mask = padding_mask(2, 37)
+        options = {"pattern": pattern, "stride": l, "summary": c, "causal": causal, "part": part}
+        alpha = torch.tensor([1.2, 1.5, 1.8, 2.0], dtype=torch.float64).view(1, 4, 1, 1)
+        grad_out = torch.randn(2, 4, 37, 5, dtype=torch.float64)
+        for normalizer, a in (("softmax", None), ("entmax", alpha)):
+            out = sparse_pattern_attention(
+                q, k, v, mask=mask, normalizer=normalizer, alpha=a, **options
+            )
+            ref, _ = dense_reference(q, k, v, mask, pattern, l, c, causal, part, normalizer, a)
+            assert (out - ref).abs().max() < TOL
+            ours = torch.autograd.grad(out, (q, k, v), grad_out)
+            theirs = torch.autograd.grad(ref, (q, k, v), grad_out)
+            for x, y in zip(ours, theirs, strict=True):
+                assert (x - y).abs().max() < TOL
+
+    def test_full_pass_goes_by_blocks_and_the_rest_by_index(self, monkeypatch):
+        calls = []
+        blocked = sparse_patterns.blocked_pattern_attention
+        monkeypatch.setattr(
+            sparse_patterns,
+            "blocked_pattern_attention",
+            lambda *args, **kwargs: calls.append(1) or blocked(*args, **kwargs),
+        )
+        q, k, v = qkv(n=12)
+        sparse_pattern_attention(q, k, v, pattern="strided", stride=3)
+        assert len(calls) == 1
+        sparse_pattern_attention(q, k, v, pattern="strided", stride=3, return_weights=True)
+        sparse_pattern_attention(q[:, :, -2:], k, v, pattern="strided", stride=3)  # decoding
+        assert len(calls) == 1
+
+    @pytest.mark.parametrize("return_weights", [False, True])
+    def test_no_query_with_a_key_gives_zeros(self, return_weights):
+        # Fixed pattern, summary part only, stride past the sequence: the summary columns
+        # (positions 2 and 3) do not exist, so no query has a key.
+        q, k, v = (x.requires_grad_(True) for x in qkv(n=2))
+        options = {"pattern": "fixed", "stride": 4, "summary": 2, "part": "global"}
+        result = sparse_pattern_attention(q, k, v, return_weights=return_weights, **options)
+        out = result[0] if return_weights else result
+        assert out.shape == (2, 4, 2, 5) and (out == 0).all()
+        if return_weights:
+            assert result[1].shape == (2, 4, 2, 0)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        assert all((g == 0).all() for g in grads)
+
     @pytest.mark.parametrize("normalizer,alpha", [*NORMALIZERS, ("hardmax", None)])
     @pytest.mark.parametrize("n", [1, 2, 29])
     def test_every_normalizer(self, normalizer, alpha, n):
@@ -234,6 +288,21 @@ class TestKernel:
             )
 
         assert torch.autograd.gradcheck(fn, (q, k, v))
+
+    @pytest.mark.parametrize("causal", [True, False])
+    def test_gradcheck_strided_both_paths(self, causal):
+        q, k, v = (x.requires_grad_(True) for x in qkv(batch=1, heads=2, n=10, d=3, d_v=2))
+        mask = padding_mask(1, 10, seed=4)
+
+        def fn(q, k, v, return_weights):
+            options = {"pattern": "strided", "stride": 3, "causal": causal, "mask": mask}
+            result = sparse_pattern_attention(
+                q, k, v, normalizer="entmax15", return_weights=return_weights, **options
+            )
+            return result[0] if return_weights else result
+
+        for return_weights in (False, True):
+            assert torch.autograd.gradcheck(partial(fn, return_weights=return_weights), (q, k, v))
 
     def test_query_without_keys_gives_zeros_and_zero_gradient(self):
         # Causal fixed, summary part only: positions before the first summary column see
@@ -292,7 +361,7 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-def test_memory_is_order_n_times_k_max(monkeypatch):
+def test_gather_memory_is_order_n_times_k_max(monkeypatch):
     """Neither the n x n scores nor the (n, k_max, d) gathered keys are ever held whole: with
     a small gathering budget the largest tensor is the (n, k_max) score matrix."""
     monkeypatch.setattr(sparse_patterns, "_GATHER_BUDGET", 16384)
@@ -300,10 +369,30 @@ def test_memory_is_order_n_times_k_max(monkeypatch):
     q, k, v = (x.float().requires_grad_(True) for x in qkv(batch=1, heads=1, n=n, d=d, d_v=d))
     index, _ = sparse_pattern_index(n, "strided", l)  # built outside the spy
     with _LargestTensor() as spy:
-        out = sparse_pattern_attention(q, k, v, pattern="strided", stride=l)
+        # Returning the weights takes the index-table path.
+        out, _ = sparse_pattern_attention(q, k, v, pattern="strided", stride=l, return_weights=True)
         out.sum().backward()
     assert spy.largest == n * index.shape[1]  # 63 keys per query: 1/16 of n * n
     ref, _ = dense_reference(q, k, v, None, "strided", l, 1, True, "union", "softmax", None)
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "pattern,summary,keys_per_query",
+    [
+        ("strided", 1, 2 * 32 + 32),  # two blocks of window, one key per grid row
+        ("fixed", 2, 32 + 2 * 32),  # its block, two summary keys per block
+    ],
+)
+def test_blocked_memory_is_order_n_times_keys_per_query(pattern, summary, keys_per_query):
+    """The full pass holds the (n, keys) scores of the blocks, never n x n."""
+    n, l, d = 1024, 32, 16
+    q, k, v = (x.float().requires_grad_(True) for x in qkv(batch=1, heads=1, n=n, d=d, d_v=d))
+    with _LargestTensor() as spy:
+        out = sparse_pattern_attention(q, k, v, pattern=pattern, stride=l, summary=summary)
+        out.sum().backward()
+    assert spy.largest == n * keys_per_query  # 96 of 1024 keys per query
+    ref, _ = dense_reference(q, k, v, None, pattern, l, summary, True, "union", "softmax", None)
     assert (out - ref).abs().max() < 1e-5
 
 
