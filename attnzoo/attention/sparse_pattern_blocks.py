@@ -12,9 +12,9 @@ product over views of the inputs:
 * strided, global (``(i - j) mod l = 0``): the keys of query ``(r, c)`` are column ``c`` of
   the grid, so transposing the grid turns it into attention along each column: ``(m, m)``
   scores a column.
-* fixed, local (the query's own block): ``(l, l)`` scores a block.
-* fixed, global (the last ``c`` positions of every block): ``m * c`` summary keys that every
-  query shares, ``(n, m * c)`` scores.
+* fixed, local (the query's own block) and global (the last ``c`` positions of every block,
+  ``m * c`` summary keys): all queries of a block read the same keys, so block ``r`` scores
+  its own ``l`` keys and the summary keys in one product, ``(l, l + m * c)`` scores a block.
 
 For ``part="union"`` the two parts' scores of each query are concatenated and normalised
 together, so every normaliser sees exactly the allowed scores of the dense row. A key in
@@ -186,8 +186,8 @@ def _fixed(
             own = own & torch.ones(l, l, dtype=torch.bool, device=device).tril()
         allowed.append(own)
     if part != "local":
-        # The summary keys, repeated for every block (m * m * summary rows: about
-        # n * summary, the size of the scores they produce).
+        # The summary keys, repeated for every block: m * m * summary rows of d entries,
+        # no more than the (n, m * summary) scores they produce while d <= l.
         width = m * summary
         for x, group in ((k_grid, keys), (v_grid, values)):
             shared = x[:, :, :, l - summary :].flatten(2, 3).unsqueeze(2)  # (b, h, 1, mc, .)
