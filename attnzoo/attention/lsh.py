@@ -240,8 +240,10 @@ def lsh_attention(
 
     allowed = _allowed(q_pos, k_pos, buckets, mask, causal, attend_across_buckets)
     if n_hashes > 1:
-        counts = _round_counts(q_pos, k_pos, rank // m, buckets, attend_across_buckets)
-        scores = scores - torch.log(counts.to(scores.dtype))
+        counts = _round_counts(
+            q_pos, k_pos, rank // m, n_chunks, buckets, attend_across_buckets, scores.dtype
+        )
+        scores = scores - counts.log_()
     weights, lse = _round_softmax(scores, allowed, p_drop)
     out_sorted = torch.matmul(weights, v_chunks).flatten(3, 4)[..., :n, :]  # (b, h, r, n, dv)
     lse_sorted = lse.flatten(3, 5)[..., :n]  # (b, h, r, n)
@@ -480,32 +482,46 @@ def _gather_last(per_position: Tensor, positions: Tensor) -> Tensor:
 
 
 def _round_counts(
-    q_pos: Tensor, k_pos: Tensor, chunk: Tensor, buckets: Tensor, attend_across_buckets: bool
+    q_pos: Tensor,
+    k_pos: Tensor,
+    chunk: Tensor,
+    n_chunks: int,
+    buckets: Tensor,
+    attend_across_buckets: bool,
+    dtype: torch.dtype,
 ) -> Tensor:
     """``N_ij``: in how many rounds key ``j`` is in the window of query ``i``, for every
-    ``(b, h, r, C, m, 2m)`` slot pair (at least 1 where the pair is real).
+    ``(b, h, r, C, m, 2m)`` slot pair (at least 1 where the pair is real), in ``dtype``.
 
-    ``chunk`` ``(b, h, r', n)`` is the chunk of every position in every round; the pair is
-    in round ``r'``'s window when ``chunk_r'(i) - chunk_r'(j)`` is 0 or 1 (and the buckets
-    agree without ``attend_across_buckets``).
+    ``chunk`` ``(b, h, r', n)`` is the chunk (below ``n_chunks``) of every position in every
+    round; the pair is in round ``r'``'s window when ``chunk_r'(i) - chunk_r'(j)`` is 0 or 1
+    (and the buckets agree without ``attend_across_buckets``). One round at a time, on the
+    narrowest integers: every pass over the pairs is memory-bound, and the pairs of all
+    rounds at once in int64 took most of the forward pass (n = 2048, four rounds).
     """
-    b, h, r, _ = chunk.shape
-    by_position = chunk.permute(0, 1, 3, 2)  # (b, h, n, r')
+    rounds = chunk.shape[2]
+    chunk = chunk.to(torch.int16 if n_chunks < 2**15 else torch.int32)
 
-    def per_round(per_pos: Tensor, positions: Tensor) -> Tensor:
-        flat = positions.clamp_min(0).flatten(2)  # (b, h, r * C * s)
-        rows = per_pos.gather(2, flat.unsqueeze(-1).expand(b, h, flat.shape[-1], r))
-        return rows.view(*positions.shape, r)  # (b, h, r, C, s, r')
+    def at_pairs(per_position: Tensor, other: int) -> tuple[Tensor, Tensor]:
+        """Round ``other``'s value of each query ``(..., m, 1)`` and key ``(..., 1, 2m)``."""
+        in_round = per_position[:, :, other : other + 1].expand_as(per_position)
+        return (
+            _gather_last(in_round, q_pos).unsqueeze(-1),
+            _gather_last(in_round, k_pos).unsqueeze(-2),
+        )
 
-    qc, kc = per_round(by_position, q_pos).unsqueeze(-2), per_round(by_position, k_pos)
-    offset = qc - kc.unsqueeze(-3)  # (b, h, r, C, m, 2m, r')
-    seen = (offset == 0) | (offset == 1)
-    if not attend_across_buckets:
-        by_bucket = buckets.permute(0, 1, 3, 2)
-        qb = per_round(by_bucket, q_pos).unsqueeze(-2)
-        kb = per_round(by_bucket, k_pos).unsqueeze(-3)
-        seen = seen & (qb == kb)
-    return seen.sum(dim=-1).clamp_min(1)
+    # At most `rounds` per pair: uint8 holds it (hash rounds are far fewer than 256).
+    count_dtype = torch.uint8 if rounds < 256 else torch.int32
+    counts = torch.zeros(q_pos.shape + k_pos.shape[-1:], dtype=count_dtype, device=q_pos.device)
+    for other in range(rounds):
+        q_chunk, k_chunk = at_pairs(chunk, other)
+        # (offset & ~1) is zero exactly for offsets 0 and 1 (two's complement).
+        seen = (q_chunk - k_chunk).bitwise_and_(-2) == 0
+        if not attend_across_buckets:
+            q_bucket, k_bucket = at_pairs(buckets, other)
+            seen = seen & (q_bucket == k_bucket)
+        counts += seen
+    return counts.clamp_min_(1).to(dtype)
 
 
 class LSHAttention(nn.Module):

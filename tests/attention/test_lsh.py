@@ -7,11 +7,14 @@ attention over the union of the rounds with the self rule. Tolerance: 1e-10 in f
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from attnzoo.attention import lsh
 from attnzoo.attention.lsh import (
     LSHAttention,
     lsh_allowed_mask,
@@ -250,6 +253,33 @@ def test_memory_is_linear_in_n_for_a_fixed_chunk():
     # The scores, n / m chunks of m x 2m, and the gathered keys, n / m chunks of 2m x d.
     assert spy.largest <= max(n * 2 * m, 2 * n * d)
     assert spy.largest < n * n
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_round_counts_are_the_rounds_whose_window_holds_the_pair(across):
+    """N_ij by explicit loops, against the kernel's count on narrow and on wide integers."""
+    g = torch.Generator().manual_seed(5)
+    rounds, n, m = 3, 20, 4
+    buckets = torch.randint(0, 4, (1, 2, rounds, n), generator=g)
+    positions = torch.arange(n)
+    rank = (buckets * n + positions).argsort(-1).argsort(-1)  # position -> sorted slot
+    chunk = rank // m
+    q_pos = (buckets * n + positions).argsort(-1).unflatten(-1, (n // m, m))
+    k_pos = lsh._with_previous_chunk(q_pos, fill=-1)
+    expected = torch.zeros(q_pos.shape + k_pos.shape[-1:])
+    for b, h, r, c, a, e in itertools.product(*(range(size) for size in expected.shape)):
+        i, j = int(q_pos[b, h, r, c, a]), int(k_pos[b, h, r, c, e])
+        if j < 0:  # before the first chunk: no key, never allowed, so not compared
+            continue
+        offset = chunk[b, h, :, i] - chunk[b, h, :, j]  # over the rounds
+        in_window = (offset == 0) | (offset == 1)
+        if not across:
+            in_window &= buckets[b, h, :, i] == buckets[b, h, :, j]
+        expected[b, h, r, c, a, e] = max(1, int(in_window.sum()))
+    for n_chunks in (n // m, 2**15):  # int16 chunk ids, then int32
+        got = lsh._round_counts(q_pos, k_pos, chunk, n_chunks, buckets, across, torch.float64)
+        real = (k_pos >= 0).unsqueeze(-2).expand_as(got)
+        assert got.dtype == torch.float64 and torch.equal(got[real], expected.double()[real])
 
 
 class TestModule:
