@@ -1,8 +1,8 @@
 """``sparse_variants``: Sparse Transformer patterns, LSH attention and reversible stacks.
 
-* ``strided`` / ``fixed`` vs masked SDPA: the same numbers both sides; the kernel gathers
-  the ``O(sqrt(n))`` allowed keys of each query, SDPA scores all ``n`` under the ``(n, n)``
-  pattern mask.
+* ``strided`` / ``fixed`` vs masked SDPA: the same numbers both sides; the kernel scores
+  only the ``O(sqrt(n))`` allowed keys of each query (a full pass, so block by block), SDPA
+  scores all ``n`` under the ``(n, n)`` pattern mask.
 * ``strided`` vs full causal SDPA: what the pattern saves against full attention (the
   numbers differ; the check is against the masked dense version).
 * ``lsh`` vs full SDPA: shared-QK LSH attention (fixed rotations) against full attention
