@@ -229,14 +229,24 @@ def _sdpa_with_bias(
     The boolean mask (and the causal one) become ``-inf`` entries of the bias. A row whose
     every entry is then ``-inf`` would come out as NaN on some backends, so, as in
     :func:`_sdpa`, such rows get a finite bias and their output is zeroed afterwards.
+
+    The bias is as large as the scores, so each pass over it counts: one ``where`` writes
+    the merged bias, a row max (a read) finds the rows with no key, and they are fixed in
+    place. A fresh tensor from ``where`` or a fill costs more than the arithmetic on a
+    CPU (its pages are faulted in), hence no further copies.
     """
     mask = _merge_causal(mask, causal, q.shape[-2], k.shape[-2], q.device)
     if mask is not None:
-        bias = bias.masked_fill(~mask, float("-inf"))
-    has_key = ~torch.isneginf(bias).all(dim=-1, keepdim=True)
-    bias = bias.masked_fill(~has_key, 0.0)
+        bias = torch.where(mask, bias, float("-inf"))
+    if bias.shape[-1] == 0:  # no key at all (amax refuses an empty axis)
+        has_key = bias.new_zeros((*bias.shape[:-1], 1), dtype=torch.bool)
+    else:
+        has_key = bias.amax(dim=-1, keepdim=True) != float("-inf")
+    # The tensor from `where` is ours to fix in place; the caller's bias is not.
+    fill = bias.masked_fill_ if mask is not None else bias.masked_fill
+    bias = fill(~has_key, 0.0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=scale)
-    return out.masked_fill(~has_key, 0.0)
+    return out * has_key if out.requires_grad else out.mul_(has_key)
 
 
 def _check_inputs(

@@ -542,6 +542,24 @@ class TestBias:
         assert (out[1, 3] == 0).all() and torch.isfinite(out).all()
         assert_close(out, biased_reference(q, k, v, bias, mask & causal_mask(4, 5))[0], 1e-10)
 
+    def test_fast_path_guards_a_minus_inf_bias_row_and_leaves_the_bias_alone(self, monkeypatch):
+        def naive_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+            scores = (q @ k.transpose(-2, -1)) * (scale or q.shape[-1] ** -0.5) + attn_mask
+            return torch.softmax(scores, -1) @ v  # NaN on an all -inf row
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", naive_sdpa)
+        q, k, v = (t.requires_grad_() for t in qkv(2, 3, n_q=4, n_k=5))
+        bias = torch.randn(3, 4, 5, dtype=torch.float64)
+        bias[1, 2] = float("-inf")  # no mask: the row is fixed on a copy
+        before = bias.clone()
+        out = attend(q, k, v, bias=bias)
+        assert torch.equal(bias, before)
+        assert (out[:, 1, 2] == 0).all() and torch.isfinite(out).all()
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        assert all(torch.isfinite(g).all() for g in grads)
+        everywhere = torch.ones(4, 5, dtype=torch.bool)
+        assert_close(out, biased_reference(q, k, v, bias, everywhere)[0], 1e-10)
+
     def test_bias_is_cast_to_the_dtype_of_q(self):
         q, k, v = qkv(2, n_q=3, n_k=4, dtype=torch.float32)
         bias = torch.randn(3, 4, dtype=torch.float64)
