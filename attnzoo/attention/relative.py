@@ -13,7 +13,7 @@ lets keys and values of the previous segment (the *memory*) be reused as they ar
 
 The position term is computed for every query against the ``P`` distances once,
 ``(q + v) @ (W_r R)^T`` of shape ``(..., n_q, P)``, and then moved into place by the
-relative shift (:func:`rel_shift`), a pad and a reshape instead of a gather.
+relative shift (:func:`rel_shift`), a strided view instead of a gather.
 The sum is then :func:`~attnzoo.attention.functional.attend`'s additive ``bias``, so every
 normaliser, mask and the SDPA fast path apply unchanged.
 """
@@ -21,7 +21,6 @@ normaliser, mask and the SDPA fast path apply unchanged.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -79,19 +78,21 @@ def rel_shift(scores: Tensor, n_k: int) -> Tensor:
     ``scores[..., i, p]`` is query ``i``'s score against the distance ``d_p = n_k - 1 - p``
     (the order of :func:`relative_distances`); query ``i`` (position ``i + n_k - n_q``) and
     key ``j`` are at distance ``i + n_k - n_q - j``, i.e. column ``p = j + n_q - 1 - i``.
-    Each row is thus shifted left by ``n_q - 1 - i``: one zero column is padded on the
-    right, the rows are laid end to end, and reading them back with a row stride one
-    shorter does the shift (one copy for the pad, views after it).
+    Each row is thus shifted left by ``n_q - 1 - i``. In a row-major ``(n_q, P)`` matrix
+    that entry sits at offset ``n_q - 1 + i (P - 1) + j``: the result is a strided view of
+    ``scores`` with a row stride one shorter, no copy (Transformer-XL pads a zero column
+    and reshapes to the same effect, with two copies of the matrix).
 
     Args:
         scores: ``(..., n_q, P)`` with ``P >= n_k``. With ``P = n_k + n_q - 1`` every entry
             of the result is defined; with ``P = n_k`` (distances >= 0 only) the entries
             of keys after their query (``j > i + n_k - n_q``) are arbitrary finite values
-            that a causal mask must hide.
+            (other entries of ``scores``) that a causal mask must hide.
         n_k: number of keys.
 
     Returns:
-        ``(..., n_q, n_k)``: ``out[..., i, j] = scores[..., i, j + n_q - 1 - i]``.
+        ``(..., n_q, n_k)``: ``out[..., i, j] = scores[..., i, j + n_q - 1 - i]``, a view
+        of ``scores`` (of a contiguous copy when its last two axes are not row-major).
     """
     check_tensor(scores, "scores")
     if scores.dim() < 2:
@@ -101,10 +102,49 @@ def rel_shift(scores: Tensor, n_k: int) -> Tensor:
     n_q, p = scores.shape[-2:]
     if p < n_k:
         raise ValueError(f"`scores` must have P >= n_k = {n_k} distance columns, got {p}")
-    padded = F.pad(scores, (0, 1)).flatten(-2)  # row i starts at i * (p + 1)
-    # Entry (i, j) of the result is padded[i, j + n_q - 1 - i] = flat[n_q - 1 + i * p + j].
-    window = padded[..., n_q - 1 : n_q - 1 + n_q * p]
-    return window.unflatten(-1, (n_q, p))[..., :n_k]
+    if n_q == 0 or n_k == 0:
+        return scores[..., :n_k]
+    if p == 1:  # n_k = 1: only the last query's entry is defined, and it is column 0
+        return scores
+    return _RelShift.apply(scores, n_k)
+
+
+def _shifted_view(scores: Tensor, n_k: int, width: int, first: int = 0) -> Tensor:
+    """Columns ``first .. first + width - 1`` of the shifted ``scores`` (row-major in its
+    last two axes), as a view: entry ``(i, j)`` at offset ``n_q - 1 + i (P - 1) + first + j``."""
+    n_q, p = scores.shape[-2:]
+    return scores.as_strided(
+        (*scores.shape[:-2], n_q, width),
+        (*scores.stride()[:-2], p - 1, 1),
+        scores.storage_offset() + n_q - 1 + first,
+    )
+
+
+class _RelShift(torch.autograd.Function):
+    """:func:`rel_shift` with a backward that writes the gradient into place.
+
+    Autograd's own backward of an ``as_strided`` view is slow when the view overlaps itself,
+    which it does for ``P = n_k``: entry ``(i, n_k - 1)`` is entry ``(i + 1, 0)``. Here the
+    first ``P - 1`` columns (never overlapping) are copied, and a last column that overlaps
+    is added after them.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, n_k: int) -> Tensor:  # type: ignore[override]
+        if scores.stride()[-2:] != (scores.shape[-1], 1):
+            scores = scores.contiguous()
+        ctx.shape, ctx.n_k = scores.shape, n_k
+        return _shifted_view(scores, n_k, n_k)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        n_k, p = ctx.n_k, ctx.shape[-1]
+        grad_scores = grad.new_zeros(ctx.shape)
+        width = min(n_k, p - 1)
+        _shifted_view(grad_scores, n_k, width).copy_(grad[..., :width])
+        if width < n_k:  # P = n_k: the last column lands on the next row's first entry
+            _shifted_view(grad_scores, n_k, 1, first=n_k - 1).add_(grad[..., n_k - 1 :])
+        return grad_scores, None
 
 
 class RelativeMultiHeadAttention(MultiHeadAttention):
@@ -200,14 +240,15 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         distances = relative_distances(n_q, n_k, self.causal, x.device)
         encoding = sinusoidal_relative_encoding(distances, self.dim, self.base, dtype=x.dtype)
         r = rearrange(self.relative(encoding), "p (h d) -> h p d", h=self.heads)
-        position = (q + self.r_r_bias[:, None]) @ r.transpose(-2, -1)  # (batch, heads, n, P)
         scale = self.dim_head**-0.5
+        # Scaled on the (n, d) side rather than on the (n, P) product.
+        position = ((q + self.r_r_bias[:, None]) * scale) @ r.transpose(-2, -1)  # (b, h, n, P)
         result = attend(
             q + self.r_w_bias[:, None],
             k,
             v,
             mask=self._attention_mask(mask, x.shape[0], n_k),
-            bias=rel_shift(position, n_k) * scale,
+            bias=rel_shift(position, n_k),
             causal=self.causal,
             normalizer=self.normalizer,
             alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,

@@ -94,7 +94,7 @@ from torch import Tensor, nn
 
 from ..attention.normalizers import masked_normalize
 from ..attention.projection import project
-from ..attention.relative import sinusoidal_relative_encoding
+from ..attention.relative import rel_shift, sinusoidal_relative_encoding
 from ..attention.validation import (
     check_int,
     check_probability,
@@ -527,16 +527,12 @@ class XLNetRelativeAttention(nn.Module):
         ``(batch, heads, m + n, d_head)`` (``m`` memory positions first), ``k_r``
         ``(batch, heads, m + 2 n, d_head)`` -> ``(output (batch, heads, n, d_head),
         weights (batch, heads, n, m + n))``."""
-        n, n_keys = q.shape[2], k.shape[2]
+        n_keys = k.shape[2]
         content = torch.einsum("bnid,bnjd->bnij", q + self.r_w_bias[:, None], k)
-        position = torch.einsum("bnid,bnpd->bnip", q + self.r_r_bias[:, None], k_r)
-        # Query i sits at position m + i; row p of k_r encodes the distance m + n - p, so
-        # the pair (i, j) (distance m + i - j) reads column p = n - i + j.
-        i = torch.arange(n, device=q.device)
-        j = torch.arange(n_keys, device=q.device)
-        column = n - i[:, None] + j[None, :]
-        position = position.gather(3, column.expand(*position.shape[:2], n, n_keys))
-        scores = content + position
+        # Row p of k_r encodes the distance m + n - p; without its first row (never read)
+        # the distances run m + n - 1 .. -(n - 1), the order `rel_shift` takes.
+        position = torch.einsum("bnid,bnpd->bnip", q + self.r_r_bias[:, None], k_r[:, :, 1:])
+        scores = content + rel_shift(position, n_keys)
         if other_segment is not None:
             segment = torch.einsum("bnid,snd->bnis", q + self.r_s_bias[:, None], self.seg_embed)
             scores = scores + torch.where(

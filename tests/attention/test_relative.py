@@ -80,6 +80,29 @@ class TestShift:
         assert defined.all() or causal
         assert torch.isfinite(shifted).all()
 
+    @pytest.mark.parametrize("n_q, n_k, p", [(4, 4, 4), (3, 8, 8), (5, 5, 9), (6, 2, 2), (3, 1, 1)])
+    def test_gradients(self, n_q, n_k, p):
+        # P = n_k makes the view overlap itself (entry (i, n_k - 1) is entry (i + 1, 0)):
+        # the gradient of a shared entry is the sum over both.
+        scores = torch.randn(2, n_q, p, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda s: rel_shift(s, n_k), (scores,))
+        assert torch.autograd.gradgradcheck(lambda s: rel_shift(s, n_k), (scores,))
+
+    def test_gradient_of_a_non_contiguous_input_matches_the_gather(self):
+        n_q, n_k = 5, 7
+        p = n_k + n_q - 1
+        scores = torch.randn(3, p, n_q, dtype=torch.float64).transpose(-2, -1).requires_grad_()
+        grad = torch.randn(3, n_q, n_k, dtype=torch.float64)
+        (got,) = torch.autograd.grad(rel_shift(scores, n_k), scores, grad)
+        i, j = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]
+        gathered = scores.gather(-1, (j + n_q - 1 - i).expand(3, n_q, n_k))
+        (expected,) = torch.autograd.grad(gathered, scores, grad)
+        assert torch.equal(got, expected)
+
+    def test_is_a_view_with_no_copy(self):
+        scores = torch.randn(2, 4, 9)
+        assert rel_shift(scores, 6).untyped_storage().data_ptr() == scores.data_ptr()
+
     def test_distances(self):
         assert relative_distances(2, 5, True, torch.device("cpu")).tolist() == [4, 3, 2, 1, 0]
         assert relative_distances(2, 5, False, torch.device("cpu")).tolist() == [4, 3, 2, 1, 0, -1]
