@@ -8,8 +8,9 @@ Softmax without returned weights goes through
 :func:`torch.nn.functional.scaled_dot_product_attention`, so it picks up the fused kernels
 (flash, memory-efficient, cuDNN) on GPU; sparsemax, 1.5-entmax and alpha-entmax without
 weights, dropout or bias go through :func:`~attnzoo.attention.blockwise.blockwise_attention`
-(query tiles, no ``(n_q, n_k)`` tensor); every other case materialises the score matrix and
-goes through :func:`~attnzoo.attention.normalizers.masked_normalize`.
+(query tiles, no ``(n_q, n_k)`` tensor); every other case materialises the score matrix,
+sets its masked entries to ``-inf`` and normalises it, as
+:func:`~attnzoo.attention.normalizers.masked_normalize` does.
 
 Masks are boolean with ``True`` = may attend; a ``-inf`` bias entry forbids its key too. A
 query row with no key it may attend to returns zeros (and passes zero gradient), never NaN.
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .blockwise import BLOCKWISE_NORMALIZERS, blockwise_attention
-from .normalizers import Normalizer, masked_normalize
+from .normalizers import Normalizer, get_normalizer
 from .validation import (
     check_bool_mask,
     check_broadcastable_to,
@@ -149,14 +150,21 @@ def _weights(
     alpha: float | Tensor | None,
     scale: float | None,
 ) -> Tensor:
-    """The materialised score matrix, biased, masked and normalised (inputs checked)."""
+    """The materialised score matrix, biased, masked and normalised (inputs checked).
+
+    The scale multiplies the ``(n_q, d)`` queries rather than the ``(n_q, n_k)`` product,
+    and the bias and the mask go into the product's own fresh tensor in place: on a CPU,
+    every new tensor of the scores' size costs about as much as the softmax over it.
+    """
     mask = _merge_causal(mask, causal, q.shape[-2], k.shape[-2], q.device)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    scores = torch.matmul(q * scale, k.transpose(-2, -1))
     if bias is not None:
-        scores = scores + bias
+        scores = scores.add_(bias)
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, float("-inf"))
     options = {} if alpha is None else {"alpha": alpha}
-    return masked_normalize(scores, mask, normalizer, dim=-1, **options)
+    return get_normalizer(normalizer, **options)(scores, dim=-1)
 
 
 def _is_softmax(normalizer: str | Normalizer) -> bool:
