@@ -68,13 +68,34 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = True) 
     Returns:
         the rotated ``x``, same shape and dtype.
     """
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    cos_full, signed_sin = rotary_tables(cos.to(x.dtype), sin.to(x.dtype), interleaved)
+    return _rotate(x, cos_full, signed_sin, interleaved)
+
+
+def rotary_tables(cos: Tensor, sin: Tensor, interleaved: bool = True) -> tuple[Tensor, Tensor]:
+    """The ``(n, d // 2)`` cosines and sines spread over all ``d`` features of a pair layout.
+
+    A pair ``(a, b)`` rotates to ``(a cos - b sin, b cos + a sin)``: with ``cos`` given to
+    both features of each pair and ``sin`` with the sign of its feature (``-sin`` on
+    ``a``), the rotation is ``x * cos_full + swap(x) * signed_sin``, ``swap`` exchanging the
+    two features of every pair: three passes over ``x`` instead of a pass per product.
+
+    Returns:
+        ``(cos_full, signed_sin)``, each ``(n, d)``.
+    """
     if interleaved:
-        first, second = x[..., 0::2], x[..., 1::2]
-        rotated = torch.stack((first * cos - second * sin, first * sin + second * cos), dim=-1)
-        return rotated.flatten(-2)
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+        return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def _rotate(x: Tensor, cos_full: Tensor, signed_sin: Tensor, interleaved: bool) -> Tensor:
+    """``x * cos_full + swap(x) * signed_sin`` (see :func:`rotary_tables`), tables ``(n, d)``."""
+    if interleaved:
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    else:
+        first, second = x.chunk(2, dim=-1)
+        swapped = torch.cat((second, first), dim=-1)
+    return torch.addcmul(x * cos_full, swapped, signed_sin)
 
 
 class RotaryEmbedding(nn.Module):
@@ -87,8 +108,9 @@ class RotaryEmbedding(nn.Module):
 
     The module has no parameters and no state-dict entries. Its table is computed and kept
     in float64 on the input's device (rebuilt, to the next power of two, when a longer
-    sequence comes; it is ``n * dim`` numbers, small beside the attention) and cast to the
-    input's dtype when applied, so float64 inputs are rotated to float64 precision.
+    sequence comes; it is ``n * dim`` numbers, small beside the attention), so float64
+    inputs are rotated to float64 precision. The spread tables of :func:`rotary_tables`
+    are kept too, cast once per input dtype.
     """
 
     def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = True) -> None:
@@ -98,6 +120,7 @@ class RotaryEmbedding(nn.Module):
         # Plain attributes, not buffers: `module.half()` must not round the table.
         self._cos = torch.empty(0, dim // 2, dtype=torch.float64)
         self._sin = torch.empty(0, dim // 2, dtype=torch.float64)
+        self._spread: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
     @property
     def cached_positions(self) -> int:
@@ -112,6 +135,7 @@ class RotaryEmbedding(nn.Module):
             angles = positions[:, None] * self.frequencies[None, :]
             self._cos = angles.cos().to(device)
             self._sin = angles.sin().to(device)
+            self._spread = {}
         return self._cos[:n], self._sin[:n]
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
@@ -126,8 +150,14 @@ class RotaryEmbedding(nn.Module):
         check_size(x, -1, self.dim, "x", "the rotary dim")
         check_int(offset, "offset", minimum=0)
         n = x.shape[-2]
-        cos, sin = self.cos_sin(offset + n, x.device)
-        return apply_rotary(x, cos[offset:], sin[offset:], self.interleaved)
+        self.cos_sin(offset + n, x.device)
+        if x.dtype not in self._spread:
+            cos, sin = self._cos.to(x.dtype), self._sin.to(x.dtype)
+            self._spread[x.dtype] = rotary_tables(cos, sin, self.interleaved)
+        cos_full, signed_sin = self._spread[x.dtype]
+        return _rotate(
+            x, cos_full[offset : offset + n], signed_sin[offset : offset + n], self.interleaved
+        )
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}, interleaved={self.interleaved}"
@@ -224,4 +254,5 @@ __all__ = [
     "apply_rotary",
     "check_position",
     "rotary_frequencies",
+    "rotary_tables",
 ]
