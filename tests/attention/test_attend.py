@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnzoo.attention import functional
 from attnzoo.attention.functional import attend, causal_mask, padding_mask_to_attention_mask
 from attnzoo.attention.normalizers import available_normalizers
 
@@ -482,6 +483,15 @@ class TestBias:
         expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         assert_close(attend(q, k, v, bias=bias), expected, 1e-10)
 
+    @pytest.mark.parametrize("shape", [(), (7,), (5, 1)])
+    @pytest.mark.parametrize("causal", [False, True])
+    def test_low_rank_bias_on_the_fast_path(self, shape, causal):
+        q, k, v = qkv(2, 3, n_q=5, n_k=7)
+        bias = torch.randn(shape, dtype=torch.float64)
+        full = causal_mask(5, 7) if causal else torch.ones(5, 7, dtype=torch.bool)
+        expected = biased_reference(q, k, v, bias, full)[0]
+        assert_close(attend(q, k, v, bias=bias, causal=causal), expected, 1e-12)
+
     @pytest.mark.parametrize("normalizer", BIASED)
     def test_zero_bias_changes_nothing(self, normalizer):
         q, k, v = qkv(2, 3, n_q=4, n_k=6)
@@ -593,3 +603,61 @@ class TestBias:
     def test_bad_bias_is_named(self, bias, error):
         with pytest.raises(error, match="`bias`"):
             bad_call(bias=bias)
+
+
+class TestCausalTiles:
+    """Causal softmax with a mask or a bias goes by query tiles on a CPU. ``CAUSAL_TILE``
+    is lowered to 4 here, so that small inputs take several tiles (ragged last one)."""
+
+    @pytest.fixture(autouse=True)
+    def small_tiles(self, monkeypatch):
+        monkeypatch.setattr(functional, "CAUSAL_TILE", 4)
+
+    @pytest.mark.parametrize("n_q, n_k", [(13, 13), (9, 17), (11, 6), (8, 8)])
+    @pytest.mark.parametrize("with_mask", [False, True])
+    @pytest.mark.parametrize(
+        "bias_shape", [None, (1,), "keys", "queries", "full"], ids=lambda b: str(b)
+    )
+    def test_matches_the_dense_reference_with_gradients(self, n_q, n_k, with_mask, bias_shape):
+        q, k, v = (t.requires_grad_() for t in qkv(2, 3, n_q=n_q, n_k=n_k, d=5, seed=4))
+        mask = random_mask(2, 1, 1, n_k, seed=5) if with_mask else None
+        if with_mask:
+            mask[1, ..., : n_k // 2] = False  # some early queries of batch 1 keep no key
+        shapes = {"keys": (n_k,), "queries": (n_q, 1), "full": (3, n_q, n_k)}
+        shape = shapes.get(bias_shape, bias_shape)
+        bias = None if shape is None else torch.randn(shape, dtype=torch.float64)
+        if not functional._by_causal_tiles(q, k, mask, bias, True):
+            assert mask is None and bias is None and n_q == n_k  # SDPA's own is_causal
+        out = attend(q, k, v, mask=mask, bias=bias, causal=True)
+        full = causal_mask(n_q, n_k) if mask is None else mask & causal_mask(n_q, n_k)
+        expected = biased_reference(q, k, v, 0.0 if bias is None else bias, full)[0]
+        expected = expected * full.any(-1, keepdim=True)  # rows with no key are zero
+        assert_close(out, expected, 1e-12)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        want = torch.autograd.grad(expected.square().sum(), (q, k, v))
+        for a, b in zip(grads, want, strict=True):
+            assert_close(a, b, 1e-12)
+
+    def test_tiles_are_used_only_where_they_save_work(self):
+        q, k, _ = qkv(1, n_q=8, n_k=8)
+        mask = torch.ones(8, 8, dtype=torch.bool)
+        assert functional._by_causal_tiles(q, k, mask, None, True)
+        assert not functional._by_causal_tiles(q, k, None, None, True)  # SDPA's is_causal
+        assert not functional._by_causal_tiles(q, k, mask, None, False)
+        assert not functional._by_causal_tiles(q[..., :7, :], k, mask, None, True)  # one tile
+        learned = torch.zeros(8, 8, dtype=torch.float64, requires_grad=True)
+        assert not functional._by_causal_tiles(q, k, None, learned, True)
+        assert functional._by_causal_tiles(q, k, None, learned.detach(), True)
+
+    def test_each_tile_scores_only_the_keys_up_to_its_last_query(self, monkeypatch):
+        seen = []
+        sdpa = F.scaled_dot_product_attention
+
+        def recording_sdpa(q, k, v, **kwargs):
+            seen.append((q.shape[-2], k.shape[-2]))
+            return sdpa(q, k, v, **kwargs)
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+        q, k, v = qkv(2, n_q=10, n_k=14)
+        attend(q, k, v, bias=torch.zeros(14, dtype=torch.float64), causal=True)
+        assert seen == [(4, 8), (4, 12), (2, 14)]
