@@ -181,16 +181,26 @@ class _Tiles:
         for start in range(0, self.n_q, self.block_size):
             yield slice(start, min(start + self.block_size, self.n_q))
 
+    def keys(self, rows: slice) -> int:
+        """How many keys (the first ones) the tile's queries may see: all of them, or under
+        ``causal`` those up to its last query; a tile never scores the keys after it."""
+        if not self.causal:
+            return self.n_k
+        return max(0, min(self.n_k, rows.stop + self.n_k - self.n_q))
+
     def allowed(self, rows: slice) -> Tensor | None:
-        """``(batch or 1, rows, n_k)`` boolean for the tile's query rows, or None (all)."""
+        """``(batch or 1, rows, keys(rows))`` boolean for the tile's query rows, or None
+        (all)."""
+        n_k = self.keys(rows)
         allowed = None
         if self.mask is not None:
             m = self.mask if self.mask.shape[-2] == 1 else self.mask[..., rows, :]
-            m = m.expand(*self.lead, m.shape[-2], self.n_k)
-            allowed = m.reshape(-1, m.shape[-2], self.n_k)
+            m = m[..., :n_k] if m.shape[-1] > 1 else m
+            m = m.expand(*self.lead, m.shape[-2], n_k)
+            allowed = m.reshape(-1, m.shape[-2], n_k)
         if self.causal:
             i = torch.arange(rows.start, rows.stop, device=self.device).unsqueeze(-1)
-            j = torch.arange(self.n_k, device=self.device)
+            j = torch.arange(n_k, device=self.device)
             tri = j <= i + (self.n_k - self.n_q)
             allowed = tri.unsqueeze(0) if allowed is None else allowed & tri
         return allowed
@@ -247,18 +257,22 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
         flags = torch.empty(entries, dtype=torch.bool, device=q.device)
         guess = None  # the previous tile's thresholds: same heads, nearby queries
         for rows in tiles:
-            count = rows.stop - rows.start
-            s = _view(scores, batch, count, n_k)
+            count, seen = rows.stop - rows.start, tiles.keys(rows)
+            if seen == 0:  # queries before every key (causal, n_q > n_k): no weight
+                out[:, rows] = 0.0
+                thresholds[:, rows] = float("inf")
+                continue
+            s = _view(scores, batch, count, seen)
             a_t = alpha[:, rows] if isinstance(alpha, Tensor) else alpha
             # Scores times alpha - 1, the units of the threshold.
-            _tile_scores(s, q[:, rows], k, scale * (a_t - 1), tiles.allowed(rows))
-            z = s.view(batch * count, n_k)
+            _tile_scores(s, q[:, rows], k[:, :seen], scale * (a_t - 1), tiles.allowed(rows))
+            z = s.view(batch * count, seen)
             a = a_t.reshape(-1, 1) if isinstance(a_t, Tensor) else a_t
             top, empty = _shift_(z, 1.0)
-            scratch = [_view(u, batch * count, n_k), _view(w, batch * count, n_k)]
+            scratch = [_view(u, batch * count, seen), _view(w, batch * count, seen)]
             if guess is not None:
                 guess = guess.view(batch, -1)[:, :count].reshape(-1, 1)
-            _solve_rows(z, a, scratch, _view(flags, batch * count, n_k), guess)
+            _solve_rows(z, a, scratch, _view(flags, batch * count, seen), guess)
             # Weights [z - tau]_+ ** r with row max z = 0, so max(p) = (-tau) ** r.
             tau = -(z.amax(dim=-1, keepdim=True) ** (a - 1))
             guess = tau
@@ -267,7 +281,7 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
                 z.masked_fill_(empty, 0.0)
                 c = c.masked_fill(empty, float("inf"))
             thresholds[:, rows] = c.view(batch, count, 1)
-            out[:, rows] = torch.bmm(s, v)
+            out[:, rows] = torch.bmm(s, v[:, :seen])
         ctx.tiles, ctx.scale = tiles, scale
         if isinstance(alpha, Tensor):
             ctx.save_for_backward(q, k, v, thresholds, alpha)
@@ -296,16 +310,22 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
         entries = batch * tiles.block_size * n_k
         buffers = _buffers(4, entries, q)
         for rows in tiles:
-            count = rows.stop - rows.start
-            shape = (batch, count, n_k)
+            count, seen = rows.stop - rows.start, tiles.keys(rows)
+            if seen == 0:  # no weight, no gradient
+                grad_q[:, rows] = 0.0
+                if grad_alpha is not None:
+                    grad_alpha[:, rows] = 0.0
+                continue
+            shape = (batch, count, seen)
             offsets, weights, grad_w, work = (_view(b, *shape) for b in buffers)
             q_t, g_t = q[:, rows], grad_out[:, rows]
+            k_t, v_t = k[:, :seen], v[:, :seen]
             a = alpha[:, rows] if isinstance(alpha, Tensor) else alpha
-            _tile_scores(offsets, q_t, k, scale * (a - 1), tiles.allowed(rows))
+            _tile_scores(offsets, q_t, k_t, scale * (a - 1), tiles.allowed(rows))
             # u = [(alpha - 1) s - c]_+; -inf scores and empty rows (c = inf) give 0.
             offsets.sub_(thresholds[:, rows]).clamp_(min=0)
             support, log_u = _weights_and_support(offsets, a, weights, work, need_alpha)
-            torch.bmm(g_t, v.transpose(1, 2), out=grad_w)
+            torch.bmm(g_t, v_t.transpose(1, 2), out=grad_w)
             if log_u is not None:
                 assert isinstance(a, Tensor) and grad_alpha is not None
                 neg_entropy, gplogp = _entropy_terms(log_u, weights, grad_w, a)
@@ -322,9 +342,9 @@ class BlockwiseEntmaxFunction(torch.autograd.Function):
                 am1 = a - 1
                 grad_alpha[:, rows] = (gp - mean) / am1**2 - (gplogp - mean * neg_entropy) / am1
             grad_s = torch.addcmul(g_s, support, mean, value=-1, out=grad_w)
-            grad_v_t.baddbmm_(g_t.transpose(1, 2), weights)
-            grad_q[:, rows] = torch.bmm(grad_s, k).mul_(scale)
-            grad_k_t.baddbmm_(q_t.transpose(1, 2), grad_s, alpha=scale)
+            grad_v_t[..., :seen].baddbmm_(g_t.transpose(1, 2), weights)
+            grad_q[:, rows] = torch.bmm(grad_s, k_t).mul_(scale)
+            grad_k_t[..., :seen].baddbmm_(q_t.transpose(1, 2), grad_s, alpha=scale)
         # Returned as transposed views: a consumer that needs them contiguous copies them
         # anyway (the heads are usually transposed back), so a copy here would be paid twice.
         grad_k, grad_v = grad_k_t.transpose(1, 2), grad_v_t.transpose(1, 2)

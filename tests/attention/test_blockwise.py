@@ -80,6 +80,42 @@ def test_more_queries_than_keys_causal_and_unbatched():
     assert max_diff(grads(ours, [q, k, v]), grads(dense, [q, k, v])) <= TOL
 
 
+@pytest.mark.parametrize("normalizer", ["sparsemax", "entmax15", "entmax"])
+def test_causal_tiles_before_every_key_and_with_a_padding_mask(normalizer):
+    # n_q = 7 > n_k = 3: the tiles of rows 0-1 and 2-3 see no key at all (zeros, no
+    # gradient); later tiles see a growing prefix of the keys, the padding mask cut to it.
+    q, k, v = qkv(2, 2, n_q=7, n_k=3, grad=True)
+    alpha = None
+    if normalizer == "entmax":
+        alpha = torch.tensor([1.3, 1.7], dtype=torch.float64).view(1, 2, 1, 1).requires_grad_()
+    mask = torch.tensor([[True, True, True], [False, True, True]]).view(2, 1, 1, 3)
+    common = {"normalizer": normalizer, "alpha": alpha, "mask": mask, "causal": True}
+    ours = blockwise_attention(q, k, v, block_size=2, **common)
+    dense = attend(q, k, v, **common)
+    assert max_diff([ours], [dense]) <= TOL
+    assert (ours[:, :, :4] == 0).all()
+    inputs = [q, k, v] + ([alpha] if alpha is not None else [])
+    assert max_diff(grads(ours, inputs), grads(dense, inputs)) <= TOL
+
+
+def test_causal_tiles_score_only_the_keys_up_to_their_last_query(monkeypatch):
+    from attnzoo.attention import blockwise
+
+    widths = []
+    tile_scores = blockwise._tile_scores
+
+    def recording(out, q, k, scale, allowed):
+        widths.append(k.shape[1])
+        return tile_scores(out, q, k, scale, allowed)
+
+    monkeypatch.setattr(blockwise, "_tile_scores", recording)
+    q, k, v = qkv(2, n_q=10, n_k=12, grad=True)
+    out = blockwise_attention(q, k, v, normalizer="entmax15", causal=True, block_size=4)
+    assert widths == [6, 10, 12]  # keys 0 .. stop + n_k - n_q - 1 of each tile
+    out.sum().backward()
+    assert widths == [6, 10, 12] * 2  # the backward recomputes the same tiles
+
+
 @pytest.mark.parametrize("normalizer", ["sparsemax", "entmax15"])
 def test_weights_match_the_entmax_package(normalizer):
     q, k, v = qkv(3, n_q=6, n_k=11, d=4)
