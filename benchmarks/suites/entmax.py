@@ -80,10 +80,18 @@ def _build(ctx: Context, name: str, rows: int, n: int) -> Setup:
 
 
 def package_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalizer: str, alpha: torch.Tensor | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    normalizer: str,
+    alpha: torch.Tensor | None,
+    causal: bool = False,
 ) -> torch.Tensor:
-    """``package_map(q k^T / sqrt(d)) @ v`` with the ``entmax`` package's map."""
+    """``package_map(q k^T / sqrt(d)) @ v`` with the ``entmax`` package's map; ``causal``
+    gives the future keys a score of -1e6 (the package takes no -inf), which weighs 0."""
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -1e6)
     a = None if alpha is None else alpha.expand(*q.shape[:-1], 1)
     return PACKAGE_MAPS[normalizer](scores, a) @ v
 
@@ -106,7 +114,12 @@ def chunked_dense_attention(
 
 
 def _build_attention(
-    ctx: Context, normalizer: str, path: str, n: int, check_chunk: int | None
+    ctx: Context,
+    normalizer: str,
+    path: str,
+    n: int,
+    check_chunk: int | None,
+    causal: bool = False,
 ) -> Setup:
     batch, heads, d = ctx.pick(tiny=(1, 2, 8), quick=ATTENTION_SHAPE, full=ATTENTION_SHAPE)
     q, k, v = (ctx.randn(batch, heads, n, d, dtype=DTYPE, grad=True) for _ in range(3))
@@ -124,9 +137,9 @@ def _build_attention(
     def ours() -> torch.Tensor:
         if path == "blockwise":
             return blockwise_attention(
-                q, k, v, normalizer=normalizer, alpha=alpha(), block_size=block_size
+                q, k, v, normalizer=normalizer, alpha=alpha(), causal=causal, block_size=block_size
             )
-        out = attend(q, k, v, normalizer=normalizer, alpha=alpha())
+        out = attend(q, k, v, normalizer=normalizer, alpha=alpha(), causal=causal)
         assert isinstance(out, torch.Tensor)
         return out
 
@@ -134,12 +147,12 @@ def _build_attention(
         if check_chunk is not None:
             return chunked_dense_attention(q, k, v, normalizer, check_chunk)
         a = alpha()
-        return package_attention(q, k, v, normalizer, None if a is None else a.detach())
+        return package_attention(q, k, v, normalizer, None if a is None else a.detach(), causal)
 
     params = [] if alpha_module is None else list(alpha_module.parameters())
     return Setup(
         ours=ours,
-        baseline=lambda: F.scaled_dot_product_attention(q, k, v),
+        baseline=lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
         inputs=(q, k, v),
         ours_params=params,
         reference=reference,
@@ -193,6 +206,18 @@ def _attention_cases(ctx: Context) -> list[Case]:
                         build=partial(_build_attention, ctx, normalizer, path, n, None),
                     )
                 )
+    for normalizer in ("sparsemax", "entmax15"):
+        for n in lengths:
+            cases.append(
+                Case(
+                    suite="entmax",
+                    name=f"attention {normalizer}, causal (attend) vs causal SDPA",
+                    n=n,
+                    params=_attention_params(ctx, n, "attend"),
+                    dtype=DTYPE,
+                    build=partial(_build_attention, ctx, normalizer, "attend", n, None, True),
+                )
+            )
     cases.append(
         Case(
             suite="entmax",
@@ -295,7 +320,9 @@ SUITE = Suite(
         "`(1, 8, n, 64)` self-attention, ours with a sparse normaliser (the learned-alpha "
         "rows include the alpha gradient), the baseline softmax SDPA, so the ratio is what "
         "the sparse map costs over PyTorch's fused attention; *max abs diff* is against the "
-        "`entmax` package's map on the dense scores (for the long row, whose dense scores "
+        "`entmax` package's map on the dense scores (for the causal rows, with the future "
+        "keys' scores set to -1e6, and the baseline SDPA with `is_causal`; for the long "
+        "row, whose dense scores "
         "would not fit, against the dense `attend` on 256 queries at a time). "
         "`dense_scores_mib` in the JSON is "
         "what one `n x n` float32 tensor of the dense path takes, `extra_tensor_mib` what "
