@@ -135,33 +135,38 @@ def _all_masked(x: Tensor, dim: int) -> Tensor:
 class SoftmaxFunction(torch.autograd.Function):
     """Softmax that gives an all ``-inf`` slice zeros and zero gradient, at softmax's cost.
 
-    Forward: one max-reduction to find the empty slices, then PyTorch's fused softmax.
-    On a CPU, where checking costs no synchronisation, a call with no empty slice stops
-    there; otherwise the empty slices are zeroed (see :meth:`forward` for how).
+    Forward: PyTorch's fused softmax, and the empty slices zeroed. On a GPU they are found
+    by a max-reduction first, without a host synchronisation. On a CPU, where reading a
+    value back costs nothing, the softmax goes first: an empty slice comes out NaN in every
+    entry (``exp(-inf - -inf)``), so a NaN-free first entry of every slice clears the call
+    without another pass over ``x``; only a slice with a NaN there is looked at again.
     Backward: PyTorch's fused softmax backward on the saved weights; an empty slice's
     weights are 0, so its gradient is exactly 0.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, dim: int) -> Tensor:
-        # A slice whose max is -inf is all -inf. A NaN max (a NaN score) is not empty, so a
-        # NaN input still shows in the output.
-        empty = torch.isneginf(x.amax(dim=dim, keepdim=True))
         compute = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
         if x.device.type != "cpu":
-            # No host synchronisation: the fill always runs. Softmax leaves NaN in an empty
-            # slice, and masked_fill_ replaces it: two memory passes fewer than raising
-            # -inf first, as the CPU branch does.
+            # A slice whose max is -inf is all -inf. A NaN max (a NaN score) is not empty,
+            # so a NaN input still shows in the output. No host synchronisation: the fill
+            # always runs. Softmax leaves NaN in an empty slice, and masked_fill_ replaces
+            # it: two memory passes fewer than raising -inf first, as the CPU branch does.
+            empty = torch.isneginf(x.amax(dim=dim, keepdim=True))
             p = torch.softmax(x, dim=dim, dtype=compute).masked_fill_(empty, 0.0)
-        elif not bool(empty.any()):
-            p = torch.softmax(x, dim=dim, dtype=compute)
         else:
-            # Raising -inf to the lowest finite value keeps an empty slice finite (uniform
-            # weights, zeroed by the product); in every other slice exp(lowest - max)
-            # underflows to exactly 0, as exp(-inf) does. On a CPU this multiply is 15
-            # times faster than masked_fill_ with a broadcast mask.
-            z = x.clamp_min(torch.finfo(x.dtype).min)
-            p = torch.softmax(z, dim=dim, dtype=compute).mul_(~empty)
+            p = torch.softmax(x, dim=dim, dtype=compute)
+            if x.shape[dim] and bool(p.narrow(dim, 0, 1).isnan().any()):
+                # An empty slice, or a NaN score (whose slice stays NaN, as it should).
+                empty = torch.isneginf(x).all(dim=dim, keepdim=True)
+                if bool(empty.any()):
+                    # Raising -inf to the lowest finite value keeps an empty slice finite
+                    # (uniform weights, zeroed by the product); in every other slice
+                    # exp(lowest - max) underflows to exactly 0, as exp(-inf) does. On a
+                    # CPU this multiply is 15 times faster than masked_fill_ with a
+                    # broadcast mask.
+                    z = x.clamp_min(torch.finfo(x.dtype).min)
+                    p = torch.softmax(z, dim=dim, dtype=compute).mul_(~empty)
         ctx.save_for_backward(p)
         ctx.dim, ctx.input_dtype = dim, x.dtype
         return p

@@ -530,6 +530,23 @@ def test_softmax_matches_torch_on_finite_scores():
         assert torch.allclose(softmax(x, dim=dim), torch.softmax(x, dim=dim))
 
 
+@pytest.mark.parametrize("dim", [0, -1])
+def test_softmax_zeroes_empty_slices_keeps_nan_and_takes_an_empty_axis(dim):
+    x = torch.randn(4, 5, dtype=torch.float64)
+    x = x if dim == -1 else x.T.contiguous()
+    view = x if dim == -1 else x.T  # slices as rows
+    view[0] = float("-inf")  # empty
+    view[1, 3] = float("nan")  # a NaN score: its slice stays NaN
+    view[2, 1:] = float("-inf")  # one allowed entry: weight 1
+    p = softmax(x, dim=dim)
+    rows = p if dim == -1 else p.T
+    assert (rows[0] == 0).all()
+    assert rows[1].isnan().all()
+    assert torch.equal(rows[2], torch.tensor([1.0, 0, 0, 0, 0], dtype=torch.float64))
+    assert torch.allclose(rows[3], torch.softmax(view[3], dim=0))
+    assert softmax(torch.randn(3, 0), dim=-1).shape == (3, 0)
+
+
 def test_hardmax_is_one_hot_of_argmax_and_straight_through_has_softmax_grad():
     x = torch.tensor([[0.1, 2.0, -1.0], [3.0, 3.0, 0.0]], requires_grad=True)
     out = hardmax(x)
