@@ -180,6 +180,20 @@ def _attention_params(ctx: Context, n: int, path: str) -> dict[str, object]:
     }
 
 
+def _attention_case(
+    ctx: Context, name: str, normalizer: str, path: str, n: int, causal: bool = False
+) -> Case:
+    """One attention row of :func:`_attention_cases`, timed forward and forward+backward."""
+    return Case(
+        suite="entmax",
+        name=name,
+        n=n,
+        params=_attention_params(ctx, n, path),
+        dtype=DTYPE,
+        build=partial(_build_attention, ctx, normalizer, path, n, None, causal),
+    )
+
+
 def _attention_cases(ctx: Context) -> list[Case]:
     lengths = ctx.pick(
         tiny=[16],
@@ -196,28 +210,12 @@ def _attention_cases(ctx: Context) -> list[Case]:
         label = "entmax, learned α per head" if normalizer == "entmax" else normalizer
         for path in ("attend", "blockwise"):
             for n in lengths:
-                cases.append(
-                    Case(
-                        suite="entmax",
-                        name=f"attention {label} ({path}) vs SDPA",
-                        n=n,
-                        params=_attention_params(ctx, n, path),
-                        dtype=DTYPE,
-                        build=partial(_build_attention, ctx, normalizer, path, n, None),
-                    )
-                )
+                name = f"attention {label} ({path}) vs SDPA"
+                cases.append(_attention_case(ctx, name, normalizer, path, n))
     for normalizer in ("sparsemax", "entmax15"):
         for n in lengths:
-            cases.append(
-                Case(
-                    suite="entmax",
-                    name=f"attention {normalizer}, causal (attend) vs causal SDPA",
-                    n=n,
-                    params=_attention_params(ctx, n, "attend"),
-                    dtype=DTYPE,
-                    build=partial(_build_attention, ctx, normalizer, "attend", n, None, True),
-                )
-            )
+            name = f"attention {normalizer}, causal (attend) vs causal SDPA"
+            cases.append(_attention_case(ctx, name, normalizer, "attend", n, causal=True))
     cases.append(
         Case(
             suite="entmax",
