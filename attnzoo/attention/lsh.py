@@ -56,11 +56,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .multi_head import KVCache, resolve_dim_head, xavier_init_
 from .validation import (
@@ -233,17 +235,19 @@ def lsh_attention(
     k_pos = _with_previous_chunk(q_pos, fill=-1)  # (b, h, r, C, 2m)
 
     keys = F.normalize(qk, dim=-1)
-    q_chunks = _gather_positions(qk, q_pos)  # (b, h, r, C, m, d)
+    # Scaled on the (n, d) side: the scores are the largest tensor here, and every pass
+    # over them (or fresh copy of them) counts; below they are changed in place.
+    q_chunks = _gather_positions(qk * scale, q_pos)  # (b, h, r, C, m, d)
     k_chunks = _gather_positions(keys, k_pos)  # (b, h, r, C, 2m, d)
     v_chunks = _gather_positions(v, k_pos)
-    scores = torch.matmul(q_chunks, k_chunks.transpose(-2, -1)) * scale  # (b, h, r, C, m, 2m)
+    scores = torch.matmul(q_chunks, k_chunks.transpose(-2, -1))  # (b, h, r, C, m, 2m)
 
     allowed = _allowed(q_pos, k_pos, buckets, mask, causal, attend_across_buckets)
     if n_hashes > 1:
         counts = _round_counts(
             q_pos, k_pos, rank // m, n_chunks, buckets, attend_across_buckets, scores.dtype
         )
-        scores = scores - counts.log_()
+        scores = scores.sub_(counts.log_())
     weights, lse = _round_softmax(scores, allowed, p_drop)
     out_sorted = torch.matmul(weights, v_chunks).flatten(3, 4)[..., :n, :]  # (b, h, r, n, dv)
     lse_sorted = lse.flatten(3, 5)[..., :n]  # (b, h, r, n)
@@ -410,13 +414,45 @@ def _round_softmax(scores: Tensor, allowed: Tensor, p_drop: float) -> tuple[Tens
     """Every round's softmax over its allowed keys (the last dimension), with dropout, and
     its log-sum-exp ``(..., 1)``.
 
-    A query with no allowed key gets a finite log-sum-exp (the lowest float) and zero
-    weights, so neither the output nor the gradient becomes NaN.
+    Forbidden keys get the lowest float, not ``-inf``: in a row with an allowed key their
+    weight underflows to exactly 0, and a row with none stays finite (uniform weights, a
+    log-sum-exp near the lowest float, so the rounds' combination gives it weight 0, and a
+    query with no key in any round is replaced by :func:`_self_if_alone`). ``scores`` is
+    overwritten when it has the shape of ``allowed``.
     """
-    filled = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    lse = torch.logsumexp(filled, dim=-1, keepdim=True)
-    weights = torch.exp(filled - lse) * allowed
+    lowest = torch.finfo(scores.dtype).min
+    fill = scores.masked_fill_ if scores.shape == allowed.shape else scores.masked_fill
+    weights, lse = _SoftmaxAndLogSumExp.apply(fill(~allowed, lowest))
     return F.dropout(weights, p_drop, training=p_drop > 0), lse
+
+
+class _SoftmaxAndLogSumExp(torch.autograd.Function):
+    """Softmax along the last axis and its log-sum-exp ``(..., 1)``, from one fused softmax.
+
+    At a row's maximum ``s_k``, ``w_k = exp(s_k - lse)``, so ``lse = max(s) - log(max(w))``:
+    two reductions instead of logsumexp's own passes and copies. The backward is one fused
+    softmax backward plus the log-sum-exp's term, ``w * g_lse`` (autograd through the two
+    maxima would cost several passes over the scores).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        weights = torch.softmax(scores, dim=-1)
+        lse = scores.amax(dim=-1, keepdim=True) - weights.amax(dim=-1, keepdim=True).log()
+        ctx.save_for_backward(weights)
+        return weights, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_weights: Tensor | None, grad_lse: Tensor | None) -> Tensor:  # type: ignore[override]
+        (weights,) = ctx.saved_tensors
+        if grad_weights is None:
+            grad = torch.zeros_like(weights)
+        else:
+            grad = torch.ops.aten._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        if grad_lse is not None:
+            grad.addcmul_(weights, grad_lse)
+        return grad
 
 
 def _combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
@@ -429,9 +465,10 @@ def _combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
 def _self_if_alone(out: Tensor, v: Tensor, seen: Tensor, real_query: Tensor | None) -> Tensor:
     """A query that saw no key in any round (``seen`` ``(b, h, n)`` False) attends to itself
     (``v`` ``(b, h, n, dv)``), unless it is padding (``real_query`` broadcastable to
-    ``(b, h, n)``, False), which keeps its zeros."""
+    ``(b, h, n)``, False), which gives zeros (its ``out`` is a finite average of no
+    meaning, see :func:`_round_softmax`)."""
     alone = ~seen if real_query is None else ~seen & real_query
-    return torch.where(alone.unsqueeze(-1), v, out)
+    return torch.where(alone.unsqueeze(-1), v, out * seen.unsqueeze(-1))
 
 
 def _with_previous_chunk(positions: Tensor, fill: int) -> Tensor:
