@@ -570,6 +570,26 @@ class TestBias:
         everywhere = torch.ones(4, 5, dtype=torch.bool)
         assert_close(out, biased_reference(q, k, v, bias, everywhere)[0], 1e-10)
 
+    def test_a_trained_bias_on_a_cpu_skips_sdpa(self, monkeypatch):
+        # SDPA's CPU kernels take no gradient for a float mask (its math path would run).
+        calls = []
+        sdpa = F.scaled_dot_product_attention
+
+        def counting_sdpa(*args, **kwargs):
+            calls.append(1)
+            return sdpa(*args, **kwargs)
+
+        monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+        q, k, v = qkv(2, 3, n_q=5, n_k=7)
+        bias = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+        out = attend(q, k, v, bias=bias, causal=True)
+        assert calls == []
+        assert_close(out, biased_reference(q, k, v, bias, causal_mask(5, 7))[0], 1e-12)
+        with torch.no_grad():
+            attend(q, k, v, bias=bias, causal=True)
+        attend(q, k, v, bias=bias.detach(), causal=True)
+        assert calls == [1, 1]
+
     def test_bias_is_cast_to_the_dtype_of_q(self):
         q, k, v = qkv(2, n_q=3, n_k=4, dtype=torch.float32)
         bias = torch.randn(3, 4, dtype=torch.float64)
@@ -648,6 +668,8 @@ class TestCausalTiles:
         learned = torch.zeros(8, 8, dtype=torch.float64, requires_grad=True)
         assert not functional._by_causal_tiles(q, k, None, learned, True)
         assert functional._by_causal_tiles(q, k, None, learned.detach(), True)
+        with torch.no_grad():
+            assert functional._by_causal_tiles(q, k, None, learned, True)
 
     def test_each_tile_scores_only_the_keys_up_to_its_last_query(self, monkeypatch):
         seen = []
