@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .causal_tiles import causal_key_count
 from .entmax import (
     LOW_PRECISION,
     _maybe_any,
@@ -186,7 +187,7 @@ class _Tiles:
         ``causal`` those up to its last query; a tile never scores the keys after it."""
         if not self.causal:
             return self.n_k
-        return max(0, min(self.n_k, rows.stop + self.n_k - self.n_q))
+        return causal_key_count(rows.stop, self.n_q, self.n_k)
 
     def allowed(self, rows: slice) -> Tensor | None:
         """``(batch or 1, rows, keys(rows))`` boolean for the tile's query rows, or None

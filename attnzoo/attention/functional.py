@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import causal_tiles
 from .blockwise import BLOCKWISE_NORMALIZERS, blockwise_attention
 from .normalizers import Normalizer, get_normalizer
 from .validation import (
@@ -276,23 +277,18 @@ def _trains_bias_on_cpu(q: Tensor, bias: Tensor | None) -> bool:
     )
 
 
-CAUSAL_TILE = 256
-"""Query rows per SDPA call when causal softmax attention goes by tiles on a CPU."""
-
-
 def _by_causal_tiles(
     q: Tensor, k: Tensor, mask: Tensor | None, bias: Tensor | None, causal: bool
 ) -> bool:
-    """Whether causal softmax attention is cut into query tiles (see :func:`_causal_tiles`).
+    """Whether causal softmax attention is cut into query tiles (see
+    :mod:`~attnzoo.attention.causal_tiles`).
 
     Only where SDPA cannot skip the future keys itself: its ``is_causal`` serves a causal
     mask alone over as many queries as keys; a boolean or float mask makes it score every
-    key. Only on a CPU: a GPU kernel needs many rows per call to fill the device, which
-    tiles would take away (not measured there). Not with a bias that trains: slicing it
-    would give its gradient one full-size zero tensor per tile (such a bias takes the
-    dense path, see :func:`_trains_bias_on_cpu`).
+    key. Not with a bias that trains: slicing it would give its gradient one full-size zero
+    tensor per tile (such a bias takes the dense path, see :func:`_trains_bias_on_cpu`).
     """
-    if not causal or q.device.type != "cpu" or q.shape[-2] < 2 * CAUSAL_TILE:
+    if not causal or not causal_tiles.tiles_pay(q):
         return False
     if bias is None:
         return mask is not None or q.shape[-2] != k.shape[-2]
@@ -308,37 +304,22 @@ def _causal_tiles(
     p_drop: float,
     scale: float | None,
 ) -> Tensor:
-    """Causal softmax attention by tiles of :data:`CAUSAL_TILE` queries, each over the keys
-    up to its last query only.
-
-    With a mask or a bias SDPA scores all ``n_q x n_k`` pairs, half of them in the future
-    when ``n_q = n_k``; tile by tile the future blocks are never computed (about 56% of
-    the work at 8 tiles), and the merged mask or bias is built per tile, not whole.
-    """
+    """Causal softmax attention by query tiles, each over the keys up to its last query;
+    the merged mask or bias is built per tile, not whole."""
     n_q, n_k = q.shape[-2], k.shape[-2]
     outs = []
-    for start in range(0, n_q, CAUSAL_TILE):
-        stop = min(n_q, start + CAUSAL_TILE)
-        end = stop + n_k - n_q  # keys seen by the tile's last query (bottom-right alignment)
-        if end <= 0:  # no key yet for any query of this tile
+    for start, stop, end in causal_tiles.query_tiles(n_q, n_k):
+        if end == 0:  # no key yet for any query of this tile
             outs.append(q.new_zeros(*q.shape[:-2], stop - start, v.shape[-1]))
             continue
         q_t, k_t, v_t = q[..., start:stop, :], k[..., :end, :], v[..., :end, :]
-        mask_t = None if mask is None else _tile_of(mask, start, stop, end)
+        mask_t = None if mask is None else causal_tiles.tile_of(mask, start, stop, end)
         if bias is None:
             outs.append(_sdpa(q_t, k_t, v_t, mask_t, True, p_drop, scale))
         else:
-            bias_t = _tile_of(bias, start, stop, end)
+            bias_t = causal_tiles.tile_of(bias, start, stop, end)
             outs.append(_sdpa_with_bias(q_t, k_t, v_t, mask_t, bias_t, True, p_drop, scale))
     return torch.cat(outs, dim=-2)
-
-
-def _tile_of(x: Tensor, start: int, stop: int, end: int) -> Tensor:
-    """Rows ``start:stop`` and keys ``:end`` of a mask or bias broadcastable to the scores
-    (axes of size 1, or absent, broadcast and stay as they are)."""
-    if x.dim() >= 2 and x.shape[-2] > 1:
-        x = x[..., start:stop, :]
-    return x[..., :end] if x.shape[-1] > 1 else x
 
 
 def _check_inputs(

@@ -24,6 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from . import causal_tiles
 from .functional import attend
 from .multi_head import MultiHeadAttention
 from .normalizers import Normalizer
@@ -242,13 +243,53 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         r = rearrange(self.relative(encoding), "p (h d) -> h p d", h=self.heads)
         scale = self.dim_head**-0.5
         # Scaled on the (n, d) side rather than on the (n, P) product.
-        position = ((q + self.r_r_bias[:, None]) * scale) @ r.transpose(-2, -1)  # (b, h, n, P)
-        result = attend(
-            q + self.r_w_bias[:, None],
+        q_position = (q + self.r_r_bias[:, None]) * scale
+        q_content = q + self.r_w_bias[:, None]
+        full_mask = self._attention_mask(mask, x.shape[0], n_k)
+        if self.causal and not return_weights and causal_tiles.tiles_pay(q):
+            # Tile by tile, the keys after a tile's last query are neither scored nor given
+            # a position score. A tile's distances, ``keys - 1 .. 0``, are the last rows of
+            # the table (which runs ``n_k - 1 .. 0``).
+            outs = []
+            for start, stop, keys in causal_tiles.query_tiles(n_q, n_k):
+                position = q_position[..., start:stop, :] @ r[:, n_k - keys :].transpose(-2, -1)
+                tile_mask = None
+                if full_mask is not None:
+                    tile_mask = causal_tiles.tile_of(full_mask, start, stop, keys)
+                tile_out = self._attend(
+                    q_content[..., start:stop, :],
+                    k[..., :keys, :],
+                    v[..., :keys, :],
+                    tile_mask,
+                    rel_shift(position, keys),
+                    scale,
+                    False,
+                )
+                assert isinstance(tile_out, Tensor)  # no weights asked for
+                outs.append(tile_out)
+            return self._project_out(torch.cat(outs, dim=-2))
+        position = q_position @ r.transpose(-2, -1)  # (b, h, n, P)
+        bias = rel_shift(position, n_k)
+        result = self._attend(q_content, k, v, full_mask, bias, scale, return_weights)
+        return self._project_out(result)
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor,
+        scale: float,
+        return_weights: bool,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:func:`attend` with this module's normaliser, alpha, dropout and ``causal``."""
+        return attend(
+            q,
             k,
             v,
-            mask=self._attention_mask(mask, x.shape[0], n_k),
-            bias=rel_shift(position, n_k),
+            mask=mask,
+            bias=bias,
             causal=self.causal,
             normalizer=self.normalizer,
             alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
@@ -257,7 +298,6 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
             return_weights=return_weights,
             training=self.training,
         )
-        return self._project_out(result)
 
     def extra_repr(self) -> str:
         return (

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnzoo.attention import functional
+from attnzoo.attention import causal_tiles, functional
 from attnzoo.attention.functional import attend, causal_mask, padding_mask_to_attention_mask
 from attnzoo.attention.normalizers import available_normalizers
 
@@ -631,7 +631,7 @@ class TestCausalTiles:
 
     @pytest.fixture(autouse=True)
     def small_tiles(self, monkeypatch):
-        monkeypatch.setattr(functional, "CAUSAL_TILE", 4)
+        monkeypatch.setattr(causal_tiles, "CAUSAL_TILE", 4)
 
     @pytest.mark.parametrize("n_q, n_k", [(13, 13), (9, 17), (11, 6), (8, 8)])
     @pytest.mark.parametrize("with_mask", [False, True])

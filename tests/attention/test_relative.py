@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnzoo.attention import causal_tiles, relative
 from attnzoo.attention.multi_head import MultiHeadAttention
 from attnzoo.attention.normalizers import available_normalizers, masked_normalize
 from attnzoo.attention.relative import (
@@ -157,6 +158,49 @@ class TestRelativeAttention:
         assert_close(out, expected_out, tol)
         assert_close(weights, expected_weights, tol)
         assert_close(attention(x, memory=memory), expected_out, tol)  # SDPA path
+
+    @pytest.mark.parametrize("normalizer", ["softmax", "entmax15", "entmax"])
+    @pytest.mark.parametrize("n_mem", [0, 5])
+    @pytest.mark.parametrize("grad", [True, False])
+    def test_causal_query_tiles_match_the_dense_reference(
+        self, monkeypatch, normalizer, n_mem, grad
+    ):
+        # Tiles of 4 queries over 11: each tile gets its own position scores, over the keys
+        # up to its last query only; a padding mask is cut to them.
+        monkeypatch.setattr(causal_tiles, "CAUSAL_TILE", 4)
+        torch.manual_seed(3)
+        attention = module(normalizer, causal=True)
+        x = torch.randn(2, 11, 12, dtype=torch.float64, requires_grad=True)
+        memory = torch.randn(2, n_mem, 12, dtype=torch.float64) if n_mem else None
+        padding = torch.ones(2, n_mem + 11, dtype=torch.bool)
+        padding[1, :3] = False
+        with torch.set_grad_enabled(grad):
+            out = attention(x, memory=memory, mask=padding)
+        expected, _ = dense_reference(attention, x, memory, mask=padding[:, None, None, :])
+        tol = 1e-6 if normalizer == "entmax" else 1e-10
+        assert_close(out, expected, tol)
+        if grad:
+            got = torch.autograd.grad(out.square().sum(), [x, *attention.parameters()])
+            want = torch.autograd.grad(expected.square().sum(), [x, *attention.parameters()])
+            for a, b in zip(got, want, strict=True):
+                assert_close(a, b, tol)
+
+    def test_causal_query_tiles_score_only_the_keys_before_them(self, monkeypatch):
+        monkeypatch.setattr(causal_tiles, "CAUSAL_TILE", 4)
+        widths = []
+        shift = relative.rel_shift
+
+        def recording_shift(scores, n_k):
+            widths.append((scores.shape[-2], n_k))
+            return shift(scores, n_k)
+
+        monkeypatch.setattr(relative, "rel_shift", recording_shift)
+        attention = module()
+        attention(torch.randn(1, 10, 12, dtype=torch.float64), torch.randn(1, 2, 12).double())
+        assert widths == [(4, 6), (4, 10), (2, 12)]
+        widths.clear()
+        attention(torch.randn(1, 10, 12, dtype=torch.float64), return_weights=True)
+        assert widths == [(10, 10)]  # weights over every key: one pass
 
     @pytest.mark.parametrize("normalizer", ["softmax", "entmax15"])
     def test_padding_mask_is_respected(self, normalizer):
