@@ -12,8 +12,9 @@ measured there).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import Tensor
 
 CAUSAL_TILE = 256
@@ -49,4 +50,43 @@ def tile_of(x: Tensor, start: int, stop: int, keys: int) -> Tensor:
     return x[..., :keys] if x.shape[-1] > 1 else x
 
 
-__all__ = ["CAUSAL_TILE", "causal_key_count", "query_tiles", "tile_of", "tiles_pay"]
+TileAttention = Callable[[int, int, int, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+"""``f(start, stop, keys, q_tile, k_tile, v_tile, mask_tile) -> (..., stop - start, d_v)``."""
+
+
+def by_query_tiles(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, attend_tile: TileAttention
+) -> Tensor:
+    """Causal attention of ``q`` ``(..., n_q, d)`` over ``k``, ``v`` ``(..., n_k, .)``, one
+    tile of queries at a time.
+
+    ``attend_tile`` gets each tile's rows ``start:stop``, its number of keys, the tile's
+    queries, the first ``keys`` keys and values, and ``mask`` (broadcastable to the scores)
+    cut to the tile; it computes causal attention over them (the tile's queries are the
+    last ones of its keys: the bottom-right alignment holds within the tile). A tile before
+    every key gives zeros.
+
+    Returns:
+        ``(..., n_q, d_v)``.
+    """
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    outs = []
+    for start, stop, keys in query_tiles(n_q, n_k):
+        if keys == 0:
+            outs.append(q.new_zeros(*q.shape[:-2], stop - start, v.shape[-1]))
+            continue
+        mask_t = None if mask is None else tile_of(mask, start, stop, keys)
+        q_t, k_t, v_t = q[..., start:stop, :], k[..., :keys, :], v[..., :keys, :]
+        outs.append(attend_tile(start, stop, keys, q_t, k_t, v_t, mask_t))
+    return torch.cat(outs, dim=-2)
+
+
+__all__ = [
+    "CAUSAL_TILE",
+    "TileAttention",
+    "by_query_tiles",
+    "causal_key_count",
+    "query_tiles",
+    "tile_of",
+    "tiles_pay",
+]

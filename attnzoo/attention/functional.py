@@ -306,20 +306,22 @@ def _causal_tiles(
 ) -> Tensor:
     """Causal softmax attention by query tiles, each over the keys up to its last query;
     the merged mask or bias is built per tile, not whole."""
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    outs = []
-    for start, stop, end in causal_tiles.query_tiles(n_q, n_k):
-        if end == 0:  # no key yet for any query of this tile
-            outs.append(q.new_zeros(*q.shape[:-2], stop - start, v.shape[-1]))
-            continue
-        q_t, k_t, v_t = q[..., start:stop, :], k[..., :end, :], v[..., :end, :]
-        mask_t = None if mask is None else causal_tiles.tile_of(mask, start, stop, end)
+
+    def tile(
+        start: int,
+        stop: int,
+        keys: int,
+        q_t: Tensor,
+        k_t: Tensor,
+        v_t: Tensor,
+        mask_t: Tensor | None,
+    ) -> Tensor:
         if bias is None:
-            outs.append(_sdpa(q_t, k_t, v_t, mask_t, True, p_drop, scale))
-        else:
-            bias_t = causal_tiles.tile_of(bias, start, stop, end)
-            outs.append(_sdpa_with_bias(q_t, k_t, v_t, mask_t, bias_t, True, p_drop, scale))
-    return torch.cat(outs, dim=-2)
+            return _sdpa(q_t, k_t, v_t, mask_t, True, p_drop, scale)
+        bias_t = causal_tiles.tile_of(bias, start, stop, keys)
+        return _sdpa_with_bias(q_t, k_t, v_t, mask_t, bias_t, True, p_drop, scale)
+
+    return causal_tiles.by_query_tiles(q, k, v, mask, tile)
 
 
 def _check_inputs(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import causal_tiles
 from .entmax import MIN_ALPHA, EntmaxAlpha
 from .functional import attend, padding_mask_to_attention_mask
 from .normalizers import Normalizer, get_normalizer
@@ -217,20 +218,55 @@ class MultiHeadAttention(AttentionProjections):
             q = self._split_heads(self.query(x))
             k, v = self._keys_values(x, context, cache, offset)
         n_q, n_k = q.shape[-2], k.shape[-2]
-        result = attend(
+        full_mask = self._attention_mask(mask, x.shape[0], n_k)
+        alibi = self.alibi
+        if alibi is not None and self.causal and not return_weights and causal_tiles.tiles_pay(q):
+            # ALiBi's bias is as large as the scores: by tiles, only the part up to each
+            # tile's last query is built (a tile's queries are the last of its keys, the
+            # alignment the bias is defined in).
+            def tile(
+                start: int,
+                stop: int,
+                keys: int,
+                q_t: Tensor,
+                k_t: Tensor,
+                v_t: Tensor,
+                mask_t: Tensor | None,
+            ) -> Tensor:
+                bias = alibi(stop - start, keys, q.device, q.dtype)
+                out = self._attend(q_t, k_t, v_t, mask_t, bias, False)
+                assert isinstance(out, Tensor)  # no weights asked for
+                return out
+
+            return self._project_out(causal_tiles.by_query_tiles(q, k, v, full_mask, tile))
+        bias = alibi(n_q, n_k, q.device, q.dtype) if alibi is not None else None
+        return self._project_out(self._attend(q, k, v, full_mask, bias, return_weights))
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        bias: Tensor | None,
+        return_weights: bool,
+        scale: float | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:func:`attend` with this module's normaliser, alpha, dropout and ``causal``."""
+        return attend(
             q,
             k,
             v,
-            mask=self._attention_mask(mask, x.shape[0], n_k),
-            bias=self.alibi(n_q, n_k, q.device, q.dtype) if self.alibi is not None else None,
+            mask=mask,
+            bias=bias,
             causal=self.causal,
             normalizer=self.normalizer,
             alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
             dropout=self.dropout,
+            scale=scale,
             return_weights=return_weights,
             training=self.training,
         )
-        return self._project_out(result)
 
     def _self_attention_inputs(
         self, x: Tensor, cache: KVCache | None, offset: int

@@ -25,7 +25,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from . import causal_tiles
-from .functional import attend
 from .multi_head import MultiHeadAttention
 from .normalizers import Normalizer
 from .validation import check_int, check_rank, check_size, check_tensor
@@ -250,54 +249,25 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
             # Tile by tile, the keys after a tile's last query are neither scored nor given
             # a position score. A tile's distances, ``keys - 1 .. 0``, are the last rows of
             # the table (which runs ``n_k - 1 .. 0``).
-            outs = []
-            for start, stop, keys in causal_tiles.query_tiles(n_q, n_k):
+            def tile(
+                start: int,
+                stop: int,
+                keys: int,
+                q_t: Tensor,
+                k_t: Tensor,
+                v_t: Tensor,
+                mask_t: Tensor | None,
+            ) -> Tensor:
                 position = q_position[..., start:stop, :] @ r[:, n_k - keys :].transpose(-2, -1)
-                tile_mask = None
-                if full_mask is not None:
-                    tile_mask = causal_tiles.tile_of(full_mask, start, stop, keys)
-                tile_out = self._attend(
-                    q_content[..., start:stop, :],
-                    k[..., :keys, :],
-                    v[..., :keys, :],
-                    tile_mask,
-                    rel_shift(position, keys),
-                    scale,
-                    False,
-                )
-                assert isinstance(tile_out, Tensor)  # no weights asked for
-                outs.append(tile_out)
-            return self._project_out(torch.cat(outs, dim=-2))
+                out = self._attend(q_t, k_t, v_t, mask_t, rel_shift(position, keys), False, scale)
+                assert isinstance(out, Tensor)  # no weights asked for
+                return out
+
+            return self._project_out(causal_tiles.by_query_tiles(q_content, k, v, full_mask, tile))
         position = q_position @ r.transpose(-2, -1)  # (b, h, n, P)
         bias = rel_shift(position, n_k)
-        result = self._attend(q_content, k, v, full_mask, bias, scale, return_weights)
+        result = self._attend(q_content, k, v, full_mask, bias, return_weights, scale)
         return self._project_out(result)
-
-    def _attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        mask: Tensor | None,
-        bias: Tensor,
-        scale: float,
-        return_weights: bool,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """:func:`attend` with this module's normaliser, alpha, dropout and ``causal``."""
-        return attend(
-            q,
-            k,
-            v,
-            mask=mask,
-            bias=bias,
-            causal=self.causal,
-            normalizer=self.normalizer,
-            alpha=self.alpha() if self.alpha is not None else self.fixed_alpha,
-            dropout=self.dropout,
-            scale=scale,
-            return_weights=return_weights,
-            training=self.training,
-        )
 
     def extra_repr(self) -> str:
         return (

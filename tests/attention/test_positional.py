@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnzoo.attention import causal_tiles
 from attnzoo.attention.multi_head import KVCache, MultiHeadAttention
 from attnzoo.attention.normalizers import available_normalizers
 from attnzoo.attention.positional import (
@@ -273,6 +274,41 @@ class TestMultiHeadAttention:
             bias = bias.masked_fill(torch.ones(6, 6).triu(1).bool(), float("-inf"))
         expected = merge(mha, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
         assert_close(mha(x, mask=padding), expected, 1e-10)
+
+    @pytest.mark.parametrize("normalizer", ["softmax", "entmax15"])
+    def test_alibi_by_causal_query_tiles_equals_one_pass(self, monkeypatch, normalizer):
+        # Tiles of 4 queries, each with its own ALiBi bias over the keys up to its last
+        # query; here over a cache of 5 and with a padding mask, values and gradients.
+        mha = MultiHeadAttention(
+            12, 3, causal=True, position="alibi", normalizer=normalizer
+        ).double()
+        x = torch.randn(2, 15, 12, dtype=torch.float64, requires_grad=True)
+        padding = torch.ones(2, 15, dtype=torch.bool)
+        padding[1, 2:5] = False
+        biases = []
+        forward = mha.alibi.forward
+
+        def run(tile):
+            monkeypatch.setattr(causal_tiles, "CAUSAL_TILE", tile)
+            biases.clear()
+            cache = KVCache()
+            first = mha(x[:, :5], cache=cache, mask=padding[:, :5])
+            rest = mha(x[:, 5:], cache=cache, mask=padding)
+            out = torch.cat([first, rest], dim=1)
+            return out, torch.autograd.grad(out.square().sum(), [x, *mha.parameters()])
+
+        def recording(n_q, n_k, device, dtype):
+            biases.append((n_q, n_k))
+            return forward(n_q, n_k, device, dtype)
+
+        monkeypatch.setattr(mha.alibi, "forward", recording)
+        one_pass = run(1000)
+        assert biases == [(5, 5), (10, 15)]
+        tiled = run(4)
+        assert biases == [(5, 5), (4, 9), (4, 13), (2, 15)]  # the prompt is one tile
+        assert_close(tiled[0], one_pass[0], 1e-12)
+        for a, b in zip(tiled[1], one_pass[1], strict=True):
+            assert_close(a, b, 1e-12)
 
     @pytest.mark.parametrize("position", ["rotary", "alibi"])
     @pytest.mark.parametrize("normalizer", NORMALIZERS)
