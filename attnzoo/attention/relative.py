@@ -15,7 +15,9 @@ The position term is computed for every query against the ``P`` distances once,
 ``(q + v) @ (W_r R)^T`` of shape ``(..., n_q, P)``, and then moved into place by the
 relative shift (:func:`rel_shift`), a strided view instead of a gather.
 The sum is then :func:`~attnzoo.attention.functional.attend`'s additive ``bias``, so every
-normaliser, mask and the SDPA fast path apply unchanged.
+normaliser, mask and the SDPA fast path apply unchanged. Causal attention on a CPU goes by
+tiles of queries (:mod:`~attnzoo.attention.causal_tiles`), each with the position scores of
+the keys up to its last query only.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def rel_shift(scores: Tensor, n_k: int) -> Tensor:
     return _RelShift.apply(scores, n_k)
 
 
-def _shifted_view(scores: Tensor, n_k: int, width: int, first: int = 0) -> Tensor:
+def _shifted_view(scores: Tensor, width: int, first: int = 0) -> Tensor:
     """Columns ``first .. first + width - 1`` of the shifted ``scores`` (row-major in its
     last two axes), as a view: entry ``(i, j)`` at offset ``n_q - 1 + i (P - 1) + first + j``."""
     n_q, p = scores.shape[-2:]
@@ -134,16 +136,16 @@ class _RelShift(torch.autograd.Function):
         if scores.stride()[-2:] != (scores.shape[-1], 1):
             scores = scores.contiguous()
         ctx.shape, ctx.n_k = scores.shape, n_k
-        return _shifted_view(scores, n_k, n_k)
+        return _shifted_view(scores, n_k)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         n_k, p = ctx.n_k, ctx.shape[-1]
         grad_scores = grad.new_zeros(ctx.shape)
         width = min(n_k, p - 1)
-        _shifted_view(grad_scores, n_k, width).copy_(grad[..., :width])
+        _shifted_view(grad_scores, width).copy_(grad[..., :width])
         if width < n_k:  # P = n_k: the last column lands on the next row's first entry
-            _shifted_view(grad_scores, n_k, 1, first=n_k - 1).add_(grad[..., n_k - 1 :])
+            _shifted_view(grad_scores, 1, first=n_k - 1).add_(grad[..., n_k - 1 :])
         return grad_scores, None
 
 
