@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .causal_tiles import causal_key_count
+from .causal_tiles import causal_key_count, tile_of
 from .entmax import (
     LOW_PRECISION,
     _maybe_any,
@@ -195,10 +195,9 @@ class _Tiles:
         n_k = self.keys(rows)
         allowed = None
         if self.mask is not None:
-            m = self.mask if self.mask.shape[-2] == 1 else self.mask[..., rows, :]
-            m = m[..., :n_k] if m.shape[-1] > 1 else m
-            m = m.expand(*self.lead, m.shape[-2], n_k)
-            allowed = m.reshape(-1, m.shape[-2], n_k)
+            m = tile_of(self.mask, rows.start, rows.stop, n_k)
+            q_rows = m.shape[-2] if m.dim() >= 2 else 1  # 1: broadcast over the queries
+            allowed = m.expand(*self.lead, q_rows, n_k).reshape(-1, q_rows, n_k)
         if self.causal:
             i = torch.arange(rows.start, rows.stop, device=self.device).unsqueeze(-1)
             j = torch.arange(n_k, device=self.device)

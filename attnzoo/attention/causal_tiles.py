@@ -13,6 +13,7 @@ measured there).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -50,8 +51,22 @@ def tile_of(x: Tensor, start: int, stop: int, keys: int) -> Tensor:
     return x[..., :keys] if x.shape[-1] > 1 else x
 
 
-TileAttention = Callable[[int, int, int, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
-"""``f(start, stop, keys, q_tile, k_tile, v_tile, mask_tile) -> (..., stop - start, d_v)``."""
+@dataclass(frozen=True)
+class QueryTile:
+    """One tile: query rows ``start:stop``, which may see the first ``keys`` keys; the
+    tile's queries ``q``, those keys and values ``k``, ``v``, and the mask cut to them."""
+
+    start: int
+    stop: int
+    keys: int
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: Tensor | None
+
+
+TileAttention = Callable[[QueryTile], Tensor]
+"""Causal attention of one :class:`QueryTile`: ``(..., stop - start, d_v)``."""
 
 
 def by_query_tiles(
@@ -60,9 +75,8 @@ def by_query_tiles(
     """Causal attention of ``q`` ``(..., n_q, d)`` over ``k``, ``v`` ``(..., n_k, .)``, one
     tile of queries at a time.
 
-    ``attend_tile`` gets each tile's rows ``start:stop``, its number of keys, the tile's
-    queries, the first ``keys`` keys and values, and ``mask`` (broadcastable to the scores)
-    cut to the tile; it computes causal attention over them (the tile's queries are the
+    ``attend_tile`` gets each :class:`QueryTile` (``mask``, broadcastable to the scores,
+    cut to the tile) and computes causal attention over it (the tile's queries are the
     last ones of its keys: the bottom-right alignment holds within the tile). A tile before
     every key gives zeros.
 
@@ -77,12 +91,13 @@ def by_query_tiles(
             continue
         mask_t = None if mask is None else tile_of(mask, start, stop, keys)
         q_t, k_t, v_t = q[..., start:stop, :], k[..., :keys, :], v[..., :keys, :]
-        outs.append(attend_tile(start, stop, keys, q_t, k_t, v_t, mask_t))
+        outs.append(attend_tile(QueryTile(start, stop, keys, q_t, k_t, v_t, mask_t)))
     return torch.cat(outs, dim=-2)
 
 
 __all__ = [
     "CAUSAL_TILE",
+    "QueryTile",
     "TileAttention",
     "by_query_tiles",
     "causal_key_count",

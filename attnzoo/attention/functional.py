@@ -307,19 +307,11 @@ def _causal_tiles(
     """Causal softmax attention by query tiles, each over the keys up to its last query;
     the merged mask or bias is built per tile, not whole."""
 
-    def tile(
-        start: int,
-        stop: int,
-        keys: int,
-        q_t: Tensor,
-        k_t: Tensor,
-        v_t: Tensor,
-        mask_t: Tensor | None,
-    ) -> Tensor:
+    def tile(t: causal_tiles.QueryTile) -> Tensor:
         if bias is None:
-            return _sdpa(q_t, k_t, v_t, mask_t, True, p_drop, scale)
-        bias_t = causal_tiles.tile_of(bias, start, stop, keys)
-        return _sdpa_with_bias(q_t, k_t, v_t, mask_t, bias_t, True, p_drop, scale)
+            return _sdpa(t.q, t.k, t.v, t.mask, True, p_drop, scale)
+        bias_t = causal_tiles.tile_of(bias, t.start, t.stop, t.keys)
+        return _sdpa_with_bias(t.q, t.k, t.v, t.mask, bias_t, True, p_drop, scale)
 
     return causal_tiles.by_query_tiles(q, k, v, mask, tile)
 

@@ -224,17 +224,9 @@ class MultiHeadAttention(AttentionProjections):
             # ALiBi's bias is as large as the scores: by tiles, only the part up to each
             # tile's last query is built (a tile's queries are the last of its keys, the
             # alignment the bias is defined in).
-            def tile(
-                start: int,
-                stop: int,
-                keys: int,
-                q_t: Tensor,
-                k_t: Tensor,
-                v_t: Tensor,
-                mask_t: Tensor | None,
-            ) -> Tensor:
-                bias = alibi(stop - start, keys, q.device, q.dtype)
-                out = self._attend(q_t, k_t, v_t, mask_t, bias, False)
+            def tile(t: causal_tiles.QueryTile) -> Tensor:
+                bias = alibi(t.stop - t.start, t.keys, q.device, q.dtype)
+                out = self._attend(t.q, t.k, t.v, t.mask, bias, False)
                 assert isinstance(out, Tensor)  # no weights asked for
                 return out
 

@@ -251,17 +251,11 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
             # Tile by tile, the keys after a tile's last query are neither scored nor given
             # a position score. A tile's distances, ``keys - 1 .. 0``, are the last rows of
             # the table (which runs ``n_k - 1 .. 0``).
-            def tile(
-                start: int,
-                stop: int,
-                keys: int,
-                q_t: Tensor,
-                k_t: Tensor,
-                v_t: Tensor,
-                mask_t: Tensor | None,
-            ) -> Tensor:
-                position = q_position[..., start:stop, :] @ r[:, n_k - keys :].transpose(-2, -1)
-                out = self._attend(q_t, k_t, v_t, mask_t, rel_shift(position, keys), False, scale)
+            def tile(t: causal_tiles.QueryTile) -> Tensor:
+                table = r[:, n_k - t.keys :].transpose(-2, -1)
+                position = q_position[..., t.start : t.stop, :] @ table
+                bias = rel_shift(position, t.keys)
+                out = self._attend(t.q, t.k, t.v, t.mask, bias, False, scale)
                 assert isinstance(out, Tensor)  # no weights asked for
                 return out
 

@@ -367,3 +367,11 @@ def test_backward_into_leaf_gradients():
     ours = [x.grad.clone() for x in (q, k, v)]
     dense = attend(q, k, v, normalizer="entmax15")
     assert max_diff(ours, torch.autograd.grad(dense, [q, k, v], upstream)) <= TOL
+
+
+def test_a_mask_over_the_keys_alone_broadcasts():
+    q, k, v = qkv(2, 3, n_q=5, n_k=6)
+    keys = torch.tensor([True, False, True, True, False, True])
+    common = {"normalizer": "entmax15", "causal": True, "block_size": 2}
+    ours = blockwise_attention(q, k, v, mask=keys, **common)
+    assert torch.equal(ours, blockwise_attention(q, k, v, mask=keys.view(1, 1, 1, 6), **common))
